@@ -1,0 +1,129 @@
+"""Command line: ``python -m dualcam_lib <command>`` (also installed as ``dualcam``).
+
+Commands:
+- ``grid``      run a notebook over a grid of papermill parameter sets and collect the result rows
+- ``evaluate``  score saved maps against wsolevaluation-format metadata (see ``dualcam_lib.evaluate``)
+"""
+from __future__ import annotations
+
+import argparse
+import ast
+import itertools
+import json
+import sys
+import time
+import traceback
+from pathlib import Path
+
+
+def parse_value(text: str):
+    """A parameter value from the command line: Python literals (1, 0.5, True, None, 'x') or else the plain string."""
+    try:
+        return ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+        return text
+
+
+def parse_grid(params: list[str]) -> list[dict]:
+    """``["a=1,2", "b=x"]`` -> ``[{"a": 1, "b": "x"}, {"a": 2, "b": "x"}]`` (the Cartesian product, in order)."""
+    axes = []
+    for p in params:
+        if "=" not in p:
+            raise SystemExit(f"--param expects NAME=VALUE[,VALUE...], got {p!r}")
+        name, values = p.split("=", 1)
+        if not name.isidentifier():
+            raise SystemExit(f"--param name {name!r} is not a valid notebook parameter name")
+        axes.append([(name, parse_value(v)) for v in values.split(",")])
+    return [dict(combo) for combo in itertools.product(*axes)] if axes else [{}]
+
+
+def run_tag(params: dict) -> str:
+    """A file-name-safe tag for one parameter set, e.g. ``dataset-synthetic__epochs-2``."""
+    safe = lambda v: "".join(c if c.isalnum() or c in "-._" else "_" for c in str(v))  # noqa: E731
+    return "__".join(f"{k}-{safe(v)}" for k, v in params.items()) or "default"
+
+
+def run_grid(notebook: str | Path, grid: list[dict], out_dir: str | Path, results: str | Path | None = None,
+             kernel: str = "python3", force: bool = False, timeout: int | None = None, log=print) -> dict:
+    """Execute ``notebook`` once per parameter set with papermill.
+
+    Each run gets ``results_path`` (``<out_dir>/<tag>.csv``) as an extra parameter; notebooks that produce result rows
+    write them there. A run whose CSV already exists is skipped unless ``force`` (so an interrupted grid resumes).
+    Rows of successful runs are merged into ``results`` atomically. A failing run is reported and does not lose the
+    others' rows. Returns ``{"ok": [...], "failed": [(tag, error)], "skipped": [...]}``.
+    """
+    import papermill as pm
+
+    from .results import read_rows, write_rows
+
+    notebook = Path(notebook)
+    if not notebook.exists():
+        raise FileNotFoundError(f"notebook '{notebook}' not found")
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    summary = {"ok": [], "failed": [], "skipped": []}
+    for params in grid:
+        tag = run_tag(params)
+        rows_path = out_dir / f"{tag}.csv"
+        if rows_path.exists() and not force:
+            summary["skipped"].append(tag)
+            log(f"[grid] {tag}: already done ({rows_path}), skipped")
+        else:
+            t0 = time.time()
+            try:
+                pm.execute_notebook(str(notebook), str(out_dir / f"{notebook.stem}__{tag}.ipynb"),
+                                    parameters={**params, "results_path": str(rows_path)}, kernel_name=kernel,
+                                    progress_bar=False, execution_timeout=timeout)
+                if not rows_path.exists():  # the notebook produced no rows: still a completed run
+                    write_rows(rows_path, [], replace=False)
+                summary["ok"].append(tag)
+                log(f"[grid] {tag}: ok in {time.time() - t0:.0f} s")
+            except Exception as e:  # report and go on: one failure must not lose the other runs
+                msg = str(e).strip().splitlines()
+                summary["failed"].append((tag, msg[-1] if msg else type(e).__name__))
+                log(f"[grid] {tag}: FAILED after {time.time() - t0:.0f} s: {summary['failed'][-1][1]}")
+                continue
+        if results is not None:
+            write_rows(results, read_rows(rows_path))
+    return summary
+
+
+def _cmd_grid(args) -> int:
+    grid = parse_grid(args.param)
+    summary = run_grid(args.notebook, grid, args.out, args.results, kernel=args.kernel, force=args.force,
+                       timeout=args.timeout)
+    print(json.dumps({k: v for k, v in summary.items()}, indent=1))
+    return 1 if summary["failed"] else 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="dualcam", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+    g = sub.add_parser("grid", help="run a notebook over a parameter grid with papermill and collect result rows")
+    g.add_argument("--notebook", required=True, help="the notebook to execute (must have a 'parameters' cell)")
+    g.add_argument("--param", action="append", default=[], metavar="NAME=V1[,V2...]",
+                   help="a notebook parameter and its values; repeat for more axes (Cartesian product)")
+    g.add_argument("--out", required=True, help="folder for executed notebooks and per-run result CSVs")
+    g.add_argument("--results", default=None, help="CSV collecting every run's rows (merged atomically)")
+    g.add_argument("--kernel", default="python3")
+    g.add_argument("--timeout", type=int, default=None, help="per-cell timeout in seconds")
+    g.add_argument("--force", action="store_true", help="re-run parameter sets that already have results")
+    g.set_defaults(func=_cmd_grid)
+    ev = sub.add_parser("evaluate", help="score saved maps against wsolevaluation metadata (see --help)",
+                        add_help=False)
+    ev.add_argument("rest", nargs=argparse.REMAINDER)
+    ev.set_defaults(func=lambda a: __import__("dualcam_lib.evaluate", fromlist=["main"]).main(a.rest))
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except (FileNotFoundError, ValueError) as e:
+        print(f"dualcam {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except Exception:
+        traceback.print_exc()
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
