@@ -17,7 +17,8 @@ HEAD_INITS = ("fresh", "default", "copy")
 
 
 class DualOutput(NamedTuple):
-    """``features``: backbone output (``(B, N, P, Q)`` or ViT tokens); ``softmax_logits``/``sigmoid_logits``: ``(B, C)``."""
+    """``features``: backbone output (``(B, N, P, Q)`` or ViT tokens);
+    ``softmax_logits`` / ``sigmoid_logits``: ``(B, C)``."""
 
     features: torch.Tensor
     softmax_logits: torch.Tensor
@@ -25,25 +26,30 @@ class DualOutput(NamedTuple):
 
 
 def replicate_head(head: nn.Module, init: str = "fresh", std: float = 0.01) -> nn.Module:
-    """A copy of ``head`` with the same architecture.
+    """A copy of ``head`` with the same architecture (pooling, dropout, norms and every Linear/conv layer).
 
-    ``init``: ``"fresh"`` re-initialises every Linear / 1x1 conv with weights ~ N(0, ``std``) and zero bias (the
-    paper's released code); ``"default"`` uses PyTorch's default ``reset_parameters``; ``"copy"`` keeps the softmax
-    head's weights as the starting point.
+    ``init``: ``"fresh"`` re-initialises every Linear / conv with weights ~ N(0, ``std``) and zero bias (the
+    paper's released code); ``"default"`` uses PyTorch's default ``reset_parameters`` (Kaiming-uniform weights, the
+    paper's text); ``"copy"`` keeps the softmax head's weights as the starting point. In ``"fresh"`` and ``"default"``
+    any other layer with parameters or statistics (LayerNorm, BatchNorm) is reset to its PyTorch default too, so no
+    trained value of the softmax head leaks into the new branch.
     """
     if init not in HEAD_INITS:
         raise ValueError(f"head init must be one of {HEAD_INITS}, got {init!r}")
+    if std <= 0:
+        raise ValueError(f"init_std must be > 0, got {std!r}")
     new = copy.deepcopy(head)
     if init == "copy":
         return new
     for m in new.modules():
-        if isinstance(m, (nn.Linear, nn.Conv2d)):
-            if init == "fresh":
-                nn.init.normal_(m.weight, 0.0, std)
-                if m.bias is not None:
-                    nn.init.zeros_(m.bias)
-            else:
-                m.reset_parameters()
+        if init == "fresh" and isinstance(m, (nn.Linear, nn.Conv1d, nn.Conv2d)):
+            nn.init.normal_(m.weight, 0.0, std)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+        elif hasattr(m, "reset_parameters"):
+            m.reset_parameters()
+        if isinstance(m, nn.modules.batchnorm._BatchNorm):
+            m.reset_running_stats()
     return new
 
 
@@ -58,7 +64,14 @@ class DualBranchModel(nn.Module):
     """Backbone + frozen softmax head + trainable sigmoid head.
 
     ``forward(x)`` with ``x`` ``(B, 3, H, W)`` returns :class:`DualOutput`. ``train(True)`` only puts the sigmoid head
-    in train mode: the backbone (batch-norm statistics included) and the softmax head always stay in eval mode.
+    in train mode: the backbone (batch-norm statistics included) and the softmax head always stay in eval mode, and
+    their parameters have ``requires_grad=False`` (an optimiser over ``parameters()`` leaves them unchanged, weight
+    decay included, because they never get a gradient). A new model starts in eval mode, like a loaded pretrained
+    model; call ``.train()`` before fitting the sigmoid head.
+
+    The wrapper shares (and freezes) ``split.backbone`` and ``split.head``; the sigmoid head is
+    :func:`replicate_head` of ``split.head`` (``init``, ``init_std``) unless ``sigmoid_head`` is given. Both heads read
+    the same feature tensor, so heads must not modify their input in place (none of :mod:`dualcam_lib.models` does).
     """
 
     def __init__(self, split: SplitClassifier, init: str = "fresh", init_std: float = 0.01,
@@ -71,6 +84,7 @@ class DualBranchModel(nn.Module):
         for p in self.sigmoid_head.parameters():
             p.requires_grad_(True)
         self.head_init = init
+        self.eval()
 
     @property
     def num_classes(self) -> int:
@@ -83,11 +97,17 @@ class DualBranchModel(nn.Module):
         self.sigmoid_head.train(mode)
         return self
 
+    def trainable_parameters(self) -> list[nn.Parameter]:
+        """The parameters training should update: the sigmoid head's (everything else is frozen)."""
+        return [p for p in self.sigmoid_head.parameters() if p.requires_grad]
+
     def heads(self, features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Both heads on given features: ``features -> ((B, C) softmax logits, (B, C) sigmoid logits)``."""
         return self.softmax_head(features), self.sigmoid_head(features)
 
     def forward(self, x: torch.Tensor) -> DualOutput:
+        """``(B, 3, H, W)`` normalised images -> :class:`DualOutput` (features, ``(B, C)`` softmax-branch logits,
+        ``(B, C)`` sigmoid-branch logits), from one backbone pass."""
         features = self.backbone(x)
         soft, sig = self.heads(features)
         return DualOutput(features, soft, sig)

@@ -9,6 +9,18 @@ import torch
 torch.set_num_threads(1)
 
 
+@pytest.fixture(scope="session")
+def _test_cache_dir(tmp_path_factory):
+    return tmp_path_factory.mktemp("dualcam-cache")
+
+
+@pytest.fixture(autouse=True)
+def _isolated_cache(_test_cache_dir, monkeypatch):
+    """Tests train with 1 thread: keep their cached models away from the notebooks' cache. Set per test (and undone
+    after it) so notebook kernels started later in the same pytest run see the default cache."""
+    monkeypatch.setenv("DUALCAM_CACHE_DIR", str(_test_cache_dir))
+
+
 @pytest.fixture(autouse=True)
 def _seed_everything():
     random.seed(0)
