@@ -70,6 +70,10 @@ def zoo_config(dataset: str = "synthetic", arch: str = "small_cnn", seed: int = 
             "arch_kwargs": arch_kwargs, "recipe": recipe, "generator": _generator_version(dataset)}
 
 
+# Trained zoo models shipped with the package (the notebooks' defaults), so every machine starts from the same bits.
+SHIPPED_DIR = Path(__file__).resolve().parent / "pretrained"
+
+
 def config_hash(config: dict) -> str:
     return hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()[:16]
 
@@ -121,7 +125,7 @@ def _build(config: dict, num_classes: int) -> SplitClassifier:
 def embedded_classifier(dataset: str = "synthetic", arch: str = "small_cnn", seed: int = 0, n_train: int = 4000,
                         epochs: int | None = None, lr: float | None = None, cache: bool = True,
                         progress: bool = False, device: str | torch.device = "cpu", cache_root=None,
-                        **overrides) -> SplitClassifier:
+                        shipped: bool = True, **overrides) -> SplitClassifier:
     """A classifier trained with softmax CE on the embedded ``dataset`` (synthetic | finegrained | digits).
 
     ``arch``: ``"small_cnn"`` or ``"small_vit"`` (recipes in :data:`ZOO_RECIPES`; ``epochs``, ``lr`` and other
@@ -130,11 +134,21 @@ def embedded_classifier(dataset: str = "synthetic", arch: str = "small_cnn", see
     :class:`~dualcam_lib.models.SplitClassifier` in eval mode on the CPU; ``split.meta["zoo"]`` holds the config,
     the per-epoch history, the test accuracy (percent, on the unseen test split), the training seconds and the
     cache path.
+
+    ``shipped``: when the cache has no model for ``config``, load the one shipped with the package
+    (:data:`SHIPPED_DIR`, same file name, so only for exactly the same configuration) instead of training. The
+    default models of the notebooks are shipped (the small CNNs on synthetic and finegrained, the small ViT):
+    training them costs minutes on every fresh machine, and from-scratch training on another CPU ends with other
+    weights in the last bits, which would move every stored number of the book. ``scripts/ship_zoo_models.py`` trains
+    them with this function and copies the cache files. ``cache=False`` or ``shipped=False`` trains anyway.
     """
     from .train import FlipTranslate, evaluate_accuracy, train_classifier
 
     config = zoo_config(dataset, arch, seed, n_train, epochs=epochs, lr=lr, **overrides)
     path = zoo_path(config, cache_root)
+    shipped_file = SHIPPED_DIR / path.name
+    if cache and not path.exists() and shipped and shipped_file.exists():
+        path = shipped_file
     with torch.random.fork_rng(devices=[]):
         if cache and path.exists():
             state = torch.load(path, map_location="cpu", weights_only=True)

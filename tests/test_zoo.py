@@ -69,3 +69,25 @@ def test_embedded_splits_cache_is_bitwise_the_generated_data(tmp_path):
         for name in ("images", "labels", "boxes", "masks", "part_masks"):
             assert torch.equal(getattr(a, name), getattr(c, name)), name
         assert a.class_names == c.class_names and a.image_ids() == c.image_ids()
+
+
+def test_shipped_models_are_current_and_load(tmp_path):
+    """Every shipped zoo file matches the current default recipe (its name is the hash of the configuration the
+    notebooks ask for) and loads into the architecture it names, with the test accuracy it was shipped with."""
+    from dualcam_lib.zoo import SHIPPED_DIR, config_hash, embedded_classifier, zoo_config, zoo_path
+
+    shipped = sorted(SHIPPED_DIR.glob("*.pt"))
+    assert shipped, f"no shipped zoo models under {SHIPPED_DIR}"
+    for path in shipped:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        config = state["info"]["config"]
+        assert path.name == zoo_path(config, tmp_path).name, f"{path.name}: name does not match its configuration"
+        current = zoo_config(config["dataset"], config["arch"], config["seed"], config["n_train"])
+        assert config_hash(current) == config_hash(config), (
+            f"{path.name} was trained with another recipe than the current default: run scripts/ship_zoo_models.py "
+            "--retrain")
+        split = embedded_classifier(config["dataset"], config["arch"], config["seed"], cache_root=tmp_path)
+        assert split.meta["zoo"]["loaded"] and split.meta["zoo"]["path"] == str(path)
+        assert split.meta["zoo"]["test_acc"] == state["info"]["test_acc"] > 50.0
+        # loading a shipped model leaves the cache alone (nothing is copied or trained there)
+        assert not list((tmp_path / "zoo").glob(path.name))
