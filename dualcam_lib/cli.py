@@ -24,6 +24,26 @@ def parse_value(text: str):
         return text
 
 
+def split_values(text: str) -> list[str]:
+    """Split ``"1,2"`` at top-level commas only, so a value may be a list or dict: ``"['cam','gradcam'],['cam']"``."""
+    parts, depth, quote, start = [], 0, None, 0
+    for i, ch in enumerate(text):
+        if quote:
+            quote = None if ch == quote else quote
+        elif ch in "'\"":
+            quote = ch
+        elif ch in "([{":
+            depth += 1
+        elif ch in ")]}":
+            depth -= 1
+        elif ch == "," and depth == 0:
+            parts.append(text[start:i])
+            start = i + 1
+    if depth != 0 or quote:
+        raise SystemExit(f"--param value {text!r} has unbalanced brackets or quotes")
+    return parts + [text[start:]]
+
+
 def parse_grid(params: list[str]) -> list[dict]:
     """``["a=1,2", "b=x"]`` -> ``[{"a": 1, "b": "x"}, {"a": 2, "b": "x"}]`` (the Cartesian product, in order)."""
     axes = []
@@ -33,7 +53,7 @@ def parse_grid(params: list[str]) -> list[dict]:
         name, values = p.split("=", 1)
         if not name.isidentifier():
             raise SystemExit(f"--param name {name!r} is not a valid notebook parameter name")
-        axes.append([(name, parse_value(v)) for v in values.split(",")])
+        axes.append([(name, parse_value(v)) for v in split_values(values)])
     return [dict(combo) for combo in itertools.product(*axes)] if axes else [{}]
 
 

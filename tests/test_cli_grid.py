@@ -3,6 +3,7 @@ import subprocess
 import sys
 
 import nbformat
+import pytest
 
 from dualcam_lib.cli import parse_grid, run_grid
 from dualcam_lib.results import read_rows
@@ -21,6 +22,14 @@ def _notebook(path):
     nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
     nbformat.write(nb, path)
     return path
+
+
+def test_parse_grid_keeps_lists_and_dicts_whole():
+    grid = parse_grid(["methods=['cam','gradcam'],['cam']", "epochs={'a': 1, 'b': 2}"])
+    assert grid == [{"methods": ["cam", "gradcam"], "epochs": {"a": 1, "b": 2}},
+                    {"methods": ["cam"], "epochs": {"a": 1, "b": 2}}]
+    with pytest.raises(SystemExit, match="unbalanced"):
+        parse_grid(["methods=['cam'"])
 
 
 def test_parse_grid_is_the_cartesian_product():
