@@ -1,0 +1,97 @@
+"""Every chapter runs through papermill with a tiny parameter set (the interface a GPU user drives).
+
+nbval (``pytest --nbval notebooks/``) checks that the default parameters reproduce the stored outputs; these tests
+check the other half of the contract: the ``parameters`` cell really parameterises the notebook, the notebook runs
+top to bottom with other values, and the chapters that produce result rows write valid tidy rows to
+``results_path``.
+
+The kernels use the repository's default cache (``.cache``) and two threads, exactly like nbval and the book build,
+so an embedded zoo model trained here is the one the notebooks would train (same seed, same threads) and later runs
+reuse it instead of training it again.
+"""
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+
+import nbformat
+import pytest
+
+from dualcam_lib.paths import REPO_ROOT
+from dualcam_lib.results import read_rows
+
+NOTEBOOKS = REPO_ROOT / "notebooks"
+
+# notebook stem -> (tiny parameters, whether it writes result rows to results_path)
+TINY = {
+    "01_first_look": ({"shifts": [0.0, 1.0]}, False),
+    "02_softmax_distortions": ({"photos": ["chelsea"], "shifts": [0.0, 1.0]}, False),
+    "03_datasets": ({"n_grid": 4, "n_stats": 40, "n_speed": 32}, False),
+    "04_dual_branch_head": ({"epochs": 1, "n_equiv": 32, "n_show": 2, "n_background": 40}, False),
+    "05_fine_tuning": ({"max_images": 120, "epochs": 1}, True),
+    "06_wsol_benchmark": ({"epochs": 1}, True),
+    "07_fidelity": ({"datasets": ["synthetic"], "epochs": {"synthetic": 1}, "n_test": 40, "chunk": 20,
+                     "eval_batch_size": 20, "n_coverage": 10}, True),
+    "08_ablations": ({"epochs": 1, "n_test": 40, "eval_batch_size": 20, "timing_archs": {"small_cnn": 2},
+                      "timing_rounds": 1, "timing_iters": 1, "imbalance_of": 0}, True),
+    "09_qualitative": ({"datasets": ["synthetic"], "epochs": 1, "n_eval": 40, "n_first": 2, "n_extreme": 1}, False),
+    "10_benchmark_tables": ({}, False),
+    "11_which_score": ({"n_train": 200, "n_test": 40, "n_demo": 8, "sigmoid_epochs": 1}, True),
+    "12_softcam": ({"n_train": 200, "n_test": 40, "softcam_epochs": 1, "sigmoid_epochs": 1}, True),
+    "13_agcam_vit": ({"n_head_train": 200, "head_epochs": 1, "n_eval": 32, "abpc_images": 8}, True),
+    "14_critical_reading": ({"n_train": 200, "n_test": 50, "n_fidelity": 20, "head_epochs": 1}, False),
+}
+
+
+def test_every_notebook_has_a_tiny_parameter_set():
+    stems = sorted(p.stem for p in NOTEBOOKS.glob("[0-9][0-9]_*.ipynb"))
+    assert stems == sorted(TINY), "keep TINY in step with notebooks/"
+
+
+def _parameter_names(path: Path) -> set[str]:
+    nb = nbformat.read(path, as_version=4)
+    cells = [c for c in nb.cells if "parameters" in c.get("metadata", {}).get("tags", [])]
+    assert len(cells) == 1, f"{path.name}: expected exactly one cell tagged 'parameters', found {len(cells)}"
+    names = set()
+    for line in cells[0].source.splitlines():
+        head = line.split("#", 1)[0]
+        if "=" in head and not line.startswith((" ", "\t")):
+            names.add(head.split("=", 1)[0].strip())
+    return names
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("stem", sorted(TINY))
+def test_notebook_runs_through_papermill_with_tiny_parameters(stem, tmp_path, monkeypatch):
+    import papermill as pm
+
+    path = NOTEBOOKS / f"{stem}.ipynb"
+    if not path.exists():
+        pytest.fail(f"{path} is missing")
+    params, writes_rows = TINY[stem]
+    names = _parameter_names(path)
+    unknown = set(params) - names
+    assert not unknown, f"{stem}: tiny parameters {sorted(unknown)} are not in its parameters cell"
+    params = dict(params)
+    if "num_threads" in names:
+        params["num_threads"] = 2
+    results = tmp_path / "rows.csv"
+    if writes_rows:
+        assert "results_path" in names
+        params["results_path"] = str(results)
+    # Same cache and threads as nbval and the book build (see the module docstring).
+    monkeypatch.delenv("DUALCAM_CACHE_DIR", raising=False)
+    monkeypatch.setenv("OMP_NUM_THREADS", "2")
+    out = tmp_path / f"{stem}.out.ipynb"
+    pm.execute_notebook(str(path), str(out), parameters=params, cwd=str(NOTEBOOKS), progress_bar=False,
+                        kernel_name="python3")
+    executed = nbformat.read(out, as_version=4)
+    errors = [o for c in executed.cells if c.cell_type == "code" for o in c.get("outputs", [])
+              if o.get("output_type") == "error"]
+    assert not errors
+    if writes_rows:
+        rows = read_rows(results)
+        assert len(rows) > 0, f"{stem} wrote no rows to results_path"
+        assert all(math.isfinite(v) for v in rows["value"]), f"{stem} wrote non-finite values"
+        assert set(rows["source"]) == {"ours"}
