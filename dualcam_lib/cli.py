@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import ast
+import hashlib
 import itertools
 import json
 import sys
@@ -60,7 +61,14 @@ def parse_grid(params: list[str]) -> list[dict]:
 def run_tag(params: dict) -> str:
     """A file-name-safe tag for one parameter set, e.g. ``dataset-synthetic__epochs-2``."""
     safe = lambda v: "".join(c if c.isalnum() or c in "-._" else "_" for c in str(v))  # noqa: E731
-    return "__".join(f"{k}-{safe(v)}" for k, v in params.items()) or "default"
+    tag = "__".join(f"{k}-{safe(v)}" for k, v in params.items()) or "default"
+    if len(tag) > MAX_TAG:  # file systems cap a name at 255 bytes: keep a readable prefix plus a hash of the whole set
+        digest = hashlib.sha256(json.dumps(params, sort_keys=True, default=str).encode()).hexdigest()[:12]
+        tag = f"{tag[:MAX_TAG - 14]}__{digest}"
+    return tag
+
+
+MAX_TAG = 120  # characters of a run tag; the notebook name and a suffix are added to it in file names
 
 
 def run_grid(notebook: str | Path, grid: list[dict], out_dir: str | Path, results: str | Path | None = None,

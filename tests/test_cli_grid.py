@@ -5,7 +5,7 @@ import sys
 import nbformat
 import pytest
 
-from dualcam_lib.cli import parse_grid, run_grid
+from dualcam_lib.cli import MAX_TAG, parse_grid, run_grid, run_tag
 from dualcam_lib.results import read_rows
 
 
@@ -30,6 +30,15 @@ def test_parse_grid_keeps_lists_and_dicts_whole():
                     {"methods": ["cam"], "epochs": {"a": 1, "b": 2}}]
     with pytest.raises(SystemExit, match="unbalanced"):
         parse_grid(["methods=['cam'"])
+
+
+def test_run_tag_stays_short_and_distinct_for_long_parameter_sets():
+    a = {"data_root": "/work/shared/data", "methods": ["cam", "gradcam", "gradcampp", "xgradcam", "layercam"],
+         "backbone": "efficientnet_lite0", "weights": "default", "fidelity": True, "head_init": "fresh"}
+    b = dict(a, backbone="mobilenet_v2")
+    assert len(run_tag(a)) <= MAX_TAG and len(run_tag(b)) <= MAX_TAG
+    assert run_tag(a) != run_tag(b) and run_tag(a) == run_tag(dict(a))
+    assert run_tag({"epochs": 2}) == "epochs-2"
 
 
 def test_parse_grid_is_the_cartesian_product():
