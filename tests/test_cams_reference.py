@@ -68,10 +68,10 @@ def branch_model(dual: DualBranchModel, branch: str) -> nn.Module:
     return nn.Sequential(dual.backbone, head).eval()
 
 
-def assert_same_after_postprocess(ours_raw: torch.Tensor, theirs: np.ndarray, size):
-    np.testing.assert_allclose(pgc_postprocess(ours_raw, size), theirs, atol=ATOL, rtol=0)
+def assert_same_after_postprocess(ours_raw: torch.Tensor, theirs: np.ndarray, size, atol: float = ATOL):
+    np.testing.assert_allclose(pgc_postprocess(ours_raw, size), theirs, atol=atol, rtol=0)
     ours = postprocess(ours_raw, size=size, relu=True, mode="bilinear").numpy()
-    np.testing.assert_allclose(ours, theirs, atol=ATOL, rtol=0)
+    np.testing.assert_allclose(ours, theirs, atol=atol, rtol=0)
     assert theirs.max() > 0.99  # a real map, not two all-zero arrays agreeing
 
 
@@ -208,19 +208,24 @@ def test_vit_token_grid_matches_pytorch_grad_cam_with_reshape_transform(method):
     dual, vit = vit_dual()
     x = torch.randn(3, 3, 32, 32)
     t = torch.tensor(TARGETS)
+    # Score-CAM: the same masked-image batches as pytorch-grad-cam (16 per forward, one image's channels at a time).
+    # Its softmax over the D channel scores amplifies float32 rounding in the ViT's forward: on this CPU the maps
+    # differ by up to 1.9e-5 from pytorch-grad-cam's, so this one case is checked to 5e-5 (every other to 1e-5).
+    batching = {"batch_size": 16} if method == "scorecam" else {}
+    atol = 5e-5 if method == "scorecam" else ATOL
     with CamEngine(dual) as engine:  # default target: split.meta["target_layer"], grid found automatically
-        ours = engine.compute(x, t, method=method, clamp=False)
+        ours = engine.compute(x, t, method=method, clamp=False, **batching)
     assert ours["softmax_logit"].shape == (3, 4, 4)
     layer = vit.blocks[-1].norm1
     cls = EigenCAM if method == "eigencam" else PGC_CLASSES[method]
     for score, branch in (("softmax_logit", "softmax"), ("sigmoid_logit", "sigmoid")):
-        theirs = run_pgc(cls, branch_model(dual, branch), layer, x, t, score, reshape=vit_reshape)
+        theirs = run_pgc(cls, branch_model(dual, branch), layer, x, t, score, reshape=vit_reshape, **batching)
         if method == "eigencam":  # sign of the SVD is arbitrary in pytorch-grad-cam
             for b in range(3):
                 options = [postprocess(s * ours[score][b:b + 1], size=(32, 32)).numpy()[0] for s in (1, -1)]
                 assert min(np.abs(o - theirs[b]).max() for o in options) < ATOL
         else:
-            assert_same_after_postprocess(ours[score], theirs, (32, 32))
+            assert_same_after_postprocess(ours[score], theirs, (32, 32), atol=atol)
 
 
 def test_gradcam_matches_captum_raw_and_postprocessed():
