@@ -89,8 +89,11 @@ def main(argv=None) -> int:
         problems.append("no jupyter-widgets views in the DOM")
     if not re.search(r"<img[^>]+src=\"[^\"]+\.png\"", html) and "data:image/png" not in html:
         problems.append("no figure <img> on the page")
+    # Match the message, not Chromium's "[pid:tid:MMDD/HHMMSS.micros:LEVEL:CONSOLE:line]" prefix (a time of
+    # 15:54:04 once read as "404").
     bad = [ln for ln in console.splitlines()
-           if "CONSOLE" in ln and re.search(r"(Failed to load|Uncaught|Script error|require|404|ERR_)", ln)]
+           if "CONSOLE" in ln and re.search(r"(Failed to load|Uncaught|Script error|\brequire\b|\b404\b|ERR_)",
+                                            ln.split("] ", 1)[-1])]
     bad += [ln for ln in console.splitlines() if "net::ERR_" in ln and "127.0.0.1" not in ln]
     if bad:
         problems.append("console errors:\n  " + "\n  ".join(bad[:10]))
