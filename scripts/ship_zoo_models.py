@@ -11,13 +11,14 @@ keep such differences in the last digits). This script trains each model with ex
 training configuration) matches, so a changed recipe trains afresh instead of using stale weights.
 
     .venv/bin/python scripts/ship_zoo_models.py            # uses the cached model when present
-    .venv/bin/python scripts/ship_zoo_models.py --retrain  # trains again (cache=False)
+    .venv/bin/python scripts/ship_zoo_models.py --retrain  # deletes the cached model first, so it trains again
 """
 from __future__ import annotations
 
 import argparse
 import shutil
 import sys
+from pathlib import Path
 
 import torch
 
@@ -33,15 +34,12 @@ def main(argv=None) -> int:
     torch.set_num_threads(2)
     SHIPPED_DIR.mkdir(exist_ok=True)
     for dataset, arch in SHIPPED:
-        split = embedded_classifier(dataset, arch, shipped=False, cache=True) if not args.retrain else None
         if args.retrain:
-            cached = zoo_path(zoo_config(dataset, arch))
-            cached.unlink(missing_ok=True)
-            split = embedded_classifier(dataset, arch, shipped=False, cache=True, progress=True)
-        source = zoo_path(zoo_config(dataset, arch))
+            zoo_path(zoo_config(dataset, arch)).unlink(missing_ok=True)
+        split = embedded_classifier(dataset, arch, shipped=False, cache=True, progress=args.retrain)
+        source = Path(split.meta["zoo"]["path"])
         shutil.copyfile(source, SHIPPED_DIR / source.name)
-        info = split.meta["zoo"]
-        print(f"{dataset}/{arch}: test accuracy {info['test_acc']:.1f}% -> {SHIPPED_DIR / source.name}")
+        print(f"{dataset}/{arch}: test accuracy {split.meta['zoo']['test_acc']:.1f}% -> {SHIPPED_DIR / source.name}")
     return 0
 
 

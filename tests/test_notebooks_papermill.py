@@ -6,13 +6,12 @@ top to bottom with other values, and the chapters that produce result rows write
 ``results_path``.
 
 The kernels use the repository's default cache (``.cache``) and two threads, exactly like nbval and the book build,
-so an embedded zoo model trained here is the one the notebooks would train (same seed, same threads) and later runs
-reuse it instead of training it again.
+so feature caches and any embedded zoo model not shipped with the package, built here, are the ones the notebooks
+would build (same seed, same threads), and later runs reuse them.
 """
 from __future__ import annotations
 
 import math
-import os
 from pathlib import Path
 
 import nbformat
