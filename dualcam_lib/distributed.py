@@ -99,9 +99,10 @@ def _all_gather_rows(local: torch.Tensor, ctx: DistContext, chunk_rows: int = 81
 
 
 def extract_features_distributed(dual: DualBranchModel, data, ctx: DistContext, views: int = 1,
-                                 augment=True, include_clean: bool = True, batch_size: int = 128, seed: int = 0,
-                                 feature_dtype: torch.dtype | None = None, cache_path: str | Path | None = None,
-                                 num_workers: int = 0, progress: bool = True) -> FeatureCache:
+                                 augment=True, include_clean: bool = True, batch_size: int | None = None,
+                                 seed: int = 0, feature_dtype: torch.dtype | None = None,
+                                 cache_path: str | Path | None = None, num_workers: int = 0,
+                                 progress: bool = True) -> FeatureCache:
     """:func:`~dualcam_lib.train.extract_features` with the images sharded over ranks; every rank gets the whole
     :class:`~dualcam_lib.train.FeatureCache` (``(views * N, ...)`` rows in dataset order). ``data``: SyntheticSet-like
     or a map-style dataset (e.g. ``WSOLImageDataset``; sharded ``rank::W`` with its ``subset`` or ``Subset``).
@@ -180,7 +181,7 @@ def fit_distributed(dual: DualBranchModel, data, ctx: DistContext, epochs: int, 
             ex = {k: kwargs.pop(k) for k in ("views", "augment", "include_clean", "cache_path", "num_workers")
                   if k in kwargs}
             data = extract_features_distributed(dual, data, ctx, seed=kwargs.get("seed", 0),
-                                                batch_size=kwargs.pop("extract_batch_size", 128),
+                                                batch_size=kwargs.pop("extract_batch_size", None),
                                                 progress=kwargs["progress"], **ex)
         return fit_sigmoid_head_fast(dual, data, epochs, lr, device=ctx.device, rank=ctx.rank,
                                      world_size=ctx.world_size, wrap=ddp_wrapper(ctx), **kwargs)

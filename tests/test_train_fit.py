@@ -7,8 +7,8 @@ import torch
 
 from dualcam_lib.heads import DualBranchModel
 from dualcam_lib.models import GapLinearHead, PoolMLPHead, TokenHead, build_classifier
-from dualcam_lib.train import (FeatureCache, HeadOnReduced, extract_features, fit_sigmoid_head,
-                               fit_sigmoid_head_fast, train_classifier)
+from dualcam_lib.train import (FeatureCache, HeadOnReduced, default_extract_batch_size, extract_features,
+                               fit_sigmoid_head, fit_sigmoid_head_fast, train_classifier)
 
 C = 4
 
@@ -132,6 +132,22 @@ def test_feature_cache_round_trip_and_reuse(tmp_path):
     assert torch.equal(again.features, cache.features)
     with pytest.raises(ValueError, match="views=3.*views=2"):
         extract_features(dual, data, views=2, progress=False, cache_path=path)
+
+
+def test_extraction_batch_changes_speed_not_features():
+    split = tiny_split()
+    data = tiny_data(n=70)
+    dual = make_dual(split)
+    ref = extract_features(dual, data, views=2, batch_size=70, progress=False)
+    for bs in (None, 8, 33):
+        got = extract_features(dual, data, views=2, batch_size=bs, progress=False)
+        assert got.labels.tolist() == ref.labels.tolist() and got.meta == ref.meta
+        # Each image's features are computed independently of its batch-mates: equal up to float rounding (on the
+        # CPUs we run, bit for bit).
+        torch.testing.assert_close(got.features, ref.features, rtol=0, atol=1e-6)
+    assert default_extract_batch_size("cpu") == 32 and default_extract_batch_size("cuda:0") == 256
+    with pytest.raises(ValueError, match="batch_size must be >= 1"):
+        extract_features(dual, data, batch_size=0, progress=False)
 
 
 def test_fits_accept_wsol_batches_and_synthetic_sets():
