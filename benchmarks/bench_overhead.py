@@ -3,8 +3,10 @@
 For each backbone: the plain classifier's forward (backbone + softmax head) against the dual-branch forward (ONE
 backbone pass, both heads), on the same random batch, timed interleaved round by round (the overhead is the ratio
 of the medians; on a CPU also from process CPU time, which a shared machine's load barely
-touches -- use ``--threads 1`` for it). Timing the extra head alone on the backbone's features gives its share of
-the plain forward with the least noise. Parameter counts come from :func:`dualcam_lib.overhead.parameter_report`.
+touches -- use ``--threads 1`` for it; and paired round by round). Timing the extra head alone on the backbone's
+features gives its share of the plain forward with the least timing noise, and the FLOPs counted by PyTorch's
+``FlopCounterMode`` for both forwards give the arithmetic the branch adds with none. Parameter counts come from
+:func:`dualcam_lib.overhead.parameter_report`.
 With ``--cam`` (needs ``dualcam_lib.cams``) it also times "plain model + Grad-CAM of the softmax logit" against
 "dual model + Grad-CAM from both branches" (the paper's inference time includes CAM generation).
 
@@ -24,7 +26,7 @@ import torch
 
 from dualcam_lib.heads import DualBranchModel
 from dualcam_lib.models import ARCHITECTURES, build_classifier
-from dualcam_lib.overhead import compare_forward, parameter_report, time_forward
+from dualcam_lib.overhead import compare_forward, count_flops, parameter_report, time_forward
 
 # Per-image inference time from the paper's Table 3 (RTX A6000, includes CAM generation): baseline, ours, delta %.
 # Its VGG-16 / InceptionV3 rows are wsolevaluation's GAP variants (the parameter counts say so).
@@ -74,6 +76,7 @@ def bench_one(name: str, args, device: torch.device) -> dict:
     with torch.inference_mode():
         features = dual.backbone(x)
     head = time_forward(dual.sigmoid_head, features, iters=max(10, args.rounds * args.iters), warmup=args.warmup)
+    flops_plain, flops_dual = count_flops(plain, x), count_flops(dual, x)
     row = {
         "arch": name, "device": str(device), "batch": args.batch, "size": size,
         "params_baseline_M": params["baseline_M"], "params_dual_M": params["dual_M"],
@@ -81,10 +84,15 @@ def bench_one(name: str, args, device: torch.device) -> dict:
         "plain_ms": round(timing["plain"]["median_ms"], 2), "dual_ms": round(timing["dual"]["median_ms"], 2),
         "forward_overhead_pct": round(timing["dual"]["overhead_pct"], 2),
         "forward_overhead_ci95": _ci(timing["dual"]["overhead_ci95_pct"]),
+        "paired_overhead_pct": round(timing["dual"]["paired_overhead_pct"], 2),
+        "paired_overhead_ci95": _ci(timing["dual"]["paired_overhead_ci95_pct"]),
         "plain_cpu_ms": round(timing["plain"]["cpu_median_ms"], 2),
         "dual_cpu_ms": round(timing["dual"]["cpu_median_ms"], 2),
         "forward_cpu_overhead_pct": round(timing["dual"]["cpu_overhead_pct"], 2),
         "forward_cpu_overhead_ci95": _ci(timing["dual"]["cpu_overhead_ci95_pct"]),
+        "gflops_plain": round(flops_plain / 1e9 / args.batch, 3),
+        "gflops_dual": round(flops_dual / 1e9 / args.batch, 3),
+        "flops_overhead_pct": round(100.0 * (flops_dual / flops_plain - 1.0), 3),
         "extra_head_ms": round(head["median_ms"], 3),
         "extra_head_pct": round(100.0 * head["median_ms"] / timing["plain"]["median_ms"], 3),
         "extra_head_cpu_pct": round(100.0 * head["cpu_median_ms"] / timing["plain"]["cpu_median_ms"], 3),
@@ -111,10 +119,11 @@ def bench_one(name: str, args, device: torch.device) -> dict:
 
 def print_table(rows: list[dict], cam: bool, cpu: bool) -> None:
     cols = ["arch", "size", "batch", "params_baseline_M", "params_dual_M", "params_delta_pct", "plain_ms", "dual_ms",
-            "forward_overhead_pct", "forward_overhead_ci95"]
+            "forward_overhead_pct", "forward_overhead_ci95", "paired_overhead_pct", "paired_overhead_ci95"]
     if cpu:
         cols += ["plain_cpu_ms", "dual_cpu_ms", "forward_cpu_overhead_pct", "forward_cpu_overhead_ci95"]
     cols += ["extra_head_ms", "extra_head_pct"] + (["extra_head_cpu_pct"] if cpu else [])
+    cols += ["gflops_plain", "gflops_dual", "flops_overhead_pct"]
     if cam:
         cols += ["plain_gradcam_ms", "dual_gradcam_ms", "gradcam_overhead_pct"]
         cols += ["gradcam_cpu_overhead_pct"] if cpu else []
@@ -140,18 +149,23 @@ def main(argv=None) -> int:
         row["paper_delta_pct"] = paper[2] if paper else ""
         rows.append(row)
         print(f"  {name}: plain {row['plain_ms']} ms, dual {row['dual_ms']} ms, "
-              f"overhead {row['forward_overhead_pct']:+.2f} % wall, {row['forward_cpu_overhead_pct']:+.2f} % CPU time; "
+              f"overhead {row['forward_overhead_pct']:+.2f} % wall, {row['forward_cpu_overhead_pct']:+.2f} % CPU time, "
+              f"paired by round {row['paired_overhead_pct']:+.2f} % {row['paired_overhead_ci95']}; "
               f"the extra head alone: {row['extra_head_ms']} ms = {row['extra_head_pct']:.3f} % of the plain forward "
-              f"({row['extra_head_cpu_pct']:.3f} % in CPU time)",
+              f"({row['extra_head_cpu_pct']:.3f} % in CPU time); counted FLOPs +{row['flops_overhead_pct']:.3f} %",
               flush=True)
     print()
     print_table(rows, args.cam, cpu=device.type == "cpu")
     worst = max(r["forward_overhead_pct"] for r in rows)
     worst_cpu = max(r["forward_cpu_overhead_pct"] for r in rows)
     worst_head = max(r["extra_head_pct"] for r in rows)
+    worst_paired = max(r["paired_overhead_pct"] for r in rows)
+    worst_flops = max(r["flops_overhead_pct"] for r in rows)
     print(f"\nworst dual-branch forward overhead: end to end {worst:+.2f} % wall"
           + (f", {worst_cpu:+.2f} % CPU time" if device.type == "cpu" else "")
-          + f" (interleaved medians); the extra head alone {worst_head:.3f} %. Goal < 3 %; the paper reports +14-20 % "
+          + f", paired by round {worst_paired:+.2f} %"
+          + f" (interleaved medians); the extra head alone {worst_head:.3f} % of the time, counted FLOPs "
+          f"+{worst_flops:.3f} %. Goal < 3 %; the paper reports +14-20 % "
           "incl. CAM (paper_delta_pct = its Table 3 inference column).")
     if args.csv:
         args.csv.parent.mkdir(parents=True, exist_ok=True)

@@ -82,6 +82,17 @@ def parameter_report(model) -> dict:
     }
 
 
+def count_flops(fn: Callable[[torch.Tensor], object], x: torch.Tensor) -> int:
+    """Floating-point operations of one call ``fn(x)`` as PyTorch's ``FlopCounterMode`` counts them (matrix
+    products and convolutions: 2 per multiply-add; element-wise ops and pooling are not counted). Unlike a timing,
+    the count has no noise, so it resolves an overhead far below a timer's run-to-run spread."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with torch.inference_mode(), FlopCounterMode(display=False) as counter:
+        fn(x)
+    return int(counter.get_total_flops())
+
+
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -133,10 +144,13 @@ def compare_forward(fns: Mapping[str, Callable[[torch.Tensor], object]], x: torc
     Each of ``rounds`` rounds times every callable for ``iters`` calls (:func:`time_forward`), rotating the order
     from round to round, so that load drifts hit every callable alike. Returns ``{name: {"median_ms",
     "cpu_median_ms", "round_medians_ms", "overhead_pct", "overhead_ci95_pct", "cpu_overhead_pct",
-    "cpu_overhead_ci95_pct"}}``: medians over all timed calls (wall
+    "cpu_overhead_ci95_pct", "paired_overhead_pct", "paired_overhead_ci95_pct"}}``: medians over all timed calls (wall
     and process CPU time) and the overhead against ``baseline`` (default: the first name), 100 * (median / baseline's
     median - 1), from wall and from CPU time, each with a 95 % bootstrap interval (``overhead_ci95_pct``,
-    ``cpu_overhead_ci95_pct``: ``(low, high)``). ``inference_mode`` as in :func:`time_forward`.
+    ``cpu_overhead_ci95_pct``: ``(low, high)``). The paired estimate compares each round with itself: the median over
+    rounds of 100 * (round median / baseline's round median - 1), with a bootstrap over rounds. Both callables of a
+    round run back to back, so a load that drifts over seconds cancels in the pair. ``inference_mode`` as in
+    :func:`time_forward`.
     """
     names = list(fns)
     if not names:
@@ -169,7 +183,25 @@ def compare_forward(fns: Mapping[str, Callable[[torch.Tensor], object]], x: torc
         "overhead_ci95_pct": _bootstrap_ratio_ci(wall[name], wall[baseline]),
         "cpu_overhead_pct": overhead(cpu, name),
         "cpu_overhead_ci95_pct": _bootstrap_ratio_ci(cpu[name], cpu[baseline]),
+        **_paired_overhead(round_wall[name], round_wall[baseline]),
     } for name in names}
+
+
+def _paired_overhead(rounds_ms: list[float], base_ms: list[float], resamples: int = 2000, seed: int = 0) -> dict:
+    """Median over rounds of the per-round overhead in percent, and its 95 % bootstrap interval over rounds."""
+    pct = [100.0 * (a / b - 1.0) for a, b in zip(rounds_ms, base_ms) if b > 0]
+    rng = random.Random(seed)
+    stats = [statistics.median(rng.choices(pct, k=len(pct))) for _ in range(resamples)] if pct else []
+    return {"paired_overhead_pct": statistics.median(pct) if pct else float("nan"),
+            "paired_overhead_ci95_pct": _percentile_95(stats)}
+
+
+def _percentile_95(stats: list[float]) -> tuple:
+    """The 2.5th and 97.5th percentiles of bootstrap statistics (NaNs when there are none)."""
+    if not stats:
+        return (float("nan"), float("nan"))
+    stats = sorted(stats)
+    return (stats[int(0.025 * (len(stats) - 1))], stats[int(0.975 * (len(stats) - 1))])
 
 
 def _bootstrap_ratio_ci(times: list[float], base: list[float], resamples: int = 2000, seed: int = 0) -> tuple:
@@ -182,7 +214,4 @@ def _bootstrap_ratio_ci(times: list[float], base: list[float], resamples: int = 
         b = statistics.median(rng.choices(base, k=len(base)))
         if b > 0:
             stats.append(100.0 * (a / b - 1.0))
-    if not stats:
-        return (float("nan"), float("nan"))
-    stats.sort()
-    return (stats[int(0.025 * (len(stats) - 1))], stats[int(0.975 * (len(stats) - 1))])
+    return _percentile_95(stats)

@@ -7,7 +7,7 @@ from torch import nn
 
 from dualcam_lib.heads import DualBranchModel
 from dualcam_lib.models import build_classifier
-from dualcam_lib.overhead import compare_forward, count_parameters, parameter_report, time_forward
+from dualcam_lib.overhead import compare_forward, count_flops, count_parameters, parameter_report, time_forward
 
 
 def _report(name, **kw):
@@ -89,6 +89,9 @@ def test_compare_forward_sees_a_slower_function():
     assert len(res["slow"]["round_medians_ms"]) == 3
     low, high = res["slow"]["overhead_ci95_pct"]
     assert low <= res["slow"]["overhead_pct"] <= high and low > 0
+    paired_low, paired_high = res["slow"]["paired_overhead_ci95_pct"]
+    assert paired_low <= res["slow"]["paired_overhead_pct"] <= paired_high and paired_low > 40
+    assert res["fast"]["paired_overhead_pct"] == 0.0
     # sleeping costs no CPU time; spinning does
     assert res["slow"]["cpu_median_ms"] < 2
     busy = compare_forward({"a": lambda x: _busy(0.002), "b": lambda x: _busy(0.006)}, torch.zeros(1), rounds=3,
@@ -96,3 +99,13 @@ def test_compare_forward_sees_a_slower_function():
     assert busy["b"]["cpu_overhead_pct"] > 100 and busy["b"]["cpu_median_ms"] >= 6
     with pytest.raises(ValueError, match="baseline"):
         compare_forward(fns, torch.zeros(1), baseline="medium")
+
+
+def test_dual_forward_adds_exactly_the_sigmoid_heads_flops():
+    torch.manual_seed(0)
+    split = build_classifier("small_cnn", 10, width=8, input_size=32)
+    dual = DualBranchModel(split).eval()
+    x = torch.randn(3, 3, 32, 32)
+    plain, both = count_flops(split.as_module().eval(), x), count_flops(dual, x)
+    fc = dual.sigmoid_head.fc
+    assert plain > 0 and both - plain == 2 * x.shape[0] * fc.in_features * fc.out_features
