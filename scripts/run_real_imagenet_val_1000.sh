@@ -5,7 +5,8 @@
 # trained by cross-fitting (this set has no training split; see the notebook's section on what that setting is).
 #
 # Then the fidelity runs (all five CAM families, Average Drop / Increase in Confidence) into
-# results/imagenet_val_1000_fidelity.csv.
+# results/imagenet_val_1000_fidelity.csv, and the paper's ablations (Table 4: no negative-weight clamping; Table 5:
+# positive weights 1:1 and (C-1)/2:1 against the default C-1) into results/imagenet_val_1000_ablations.csv.
 #
 # Rows go to results/imagenet_val_1000_wsol.csv (merged atomically; a failed run keeps the others' rows), executed
 # notebooks and per-run CSVs to runs/imagenet_val_1000_wsol/. A run whose per-run CSV exists is skipped, so an
@@ -36,6 +37,12 @@ fidelity=(--notebook notebooks/05_fine_tuning.ipynb --out runs/imagenet_val_1000
           --param num_threads=2 --param fidelity=True
           --param "methods=['cam','gradcam','gradcampp','xgradcam','layercam']")
 
+# Tables 4 and 5: one change of the recipe per run, the paper's fresh init, CAM and Grad-CAM (sigmoid rows only).
+ablation=(--notebook notebooks/05_fine_tuning.ipynb --out runs/imagenet_val_1000_ablations
+          --results results/imagenet_val_1000_ablations.csv --param dataset=imagenet-val-1000
+          --param "data_root=$DATA_ROOT" --param head_init=fresh --param training=fast --param views=1 --param epochs=10
+          --param num_threads=2)
+
 status=0
 "$PYTHON" -m dualcam_lib grid "${common[@]}" --param backbone=efficientnet_lite0 --param weights=default "$@" \
     || status=$?
@@ -45,4 +52,12 @@ status=0
     || status=$?
 "$PYTHON" -m dualcam_lib grid "${fidelity[@]}" --param backbone=mobilenet_v2 \
     --param "weights=$WEIGHTS_ROOT/mobilenet_v2_imagenet_coral_dequant.pth" "$@" || status=$?
+effnet=(--param backbone=efficientnet_lite0 --param weights=default)
+mnv2=(--param backbone=mobilenet_v2 --param "weights=$WEIGHTS_ROOT/mobilenet_v2_imagenet_coral_dequant.pth")
+for net in effnet mnv2; do
+    declare -n net_params="$net"
+    "$PYTHON" -m dualcam_lib grid "${ablation[@]}" "${net_params[@]}" --param clamp=False "$@" || status=$?
+    "$PYTHON" -m dualcam_lib grid "${ablation[@]}" "${net_params[@]}" --param "pos_weight=1:1,(C-1)/2:1" "$@" \
+        || status=$?
+done
 exit $status

@@ -94,3 +94,25 @@ def test_notebook_runs_through_papermill_with_tiny_parameters(stem, tmp_path, mo
         assert len(rows) > 0, f"{stem} wrote no rows to results_path"
         assert all(math.isfinite(v) for v in rows["value"]), f"{stem} wrote non-finite values"
         assert set(rows["source"]) == {"ours"}
+
+
+@pytest.mark.slow
+def test_fine_tuning_runs_an_ablation_as_a_variant(tmp_path, monkeypatch):
+    # Chapter 5 with one change of the paper's recipe (here two at once: no clamping, the 1:1 positive weight) writes
+    # the sigmoid branch's rows only, under the variant name the tables chapter sets beside the paper's ablations.
+    import papermill as pm
+
+    monkeypatch.delenv("DUALCAM_CACHE_DIR", raising=False)
+    monkeypatch.setenv("OMP_NUM_THREADS", "2")
+    results = tmp_path / "rows.csv"
+    params = {"max_images": 60, "epochs": 1, "clamp": False, "pos_weight": "1:1", "results_path": str(results),
+              "num_threads": 2}
+    pm.execute_notebook(str(NOTEBOOKS / "05_fine_tuning.ipynb"), str(tmp_path / "out.ipynb"), parameters=params,
+                        cwd=str(NOTEBOOKS), progress_bar=False, kernel_name="python3")
+    rows = read_rows(results)
+    assert set(rows["variant"]) == {"no_clamp,pos_1:1"} and set(rows["branch"]) == {"sigmoid"}
+    assert set(rows["method"]) == {"cam", "gradcam"} and "top1_cls" not in set(rows["metric"])
+    with pytest.raises(Exception, match="pos_weight must be None, a number or one of"):
+        pm.execute_notebook(str(NOTEBOOKS / "05_fine_tuning.ipynb"), str(tmp_path / "bad.ipynb"),
+                            parameters={"max_images": 20, "epochs": 1, "pos_weight": "2:1"}, cwd=str(NOTEBOOKS),
+                            progress_bar=False, kernel_name="python3")
