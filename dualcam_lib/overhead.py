@@ -144,13 +144,15 @@ def compare_forward(fns: Mapping[str, Callable[[torch.Tensor], object]], x: torc
     Each of ``rounds`` rounds times every callable for ``iters`` calls (:func:`time_forward`), rotating the order
     from round to round, so that load drifts hit every callable alike. Returns ``{name: {"median_ms",
     "cpu_median_ms", "round_medians_ms", "overhead_pct", "overhead_ci95_pct", "cpu_overhead_pct",
-    "cpu_overhead_ci95_pct", "paired_overhead_pct", "paired_overhead_ci95_pct"}}``: medians over all timed calls (wall
+    "cpu_overhead_ci95_pct", "paired_overhead_pct", "paired_overhead_ci95_pct", "min_ms", "min_overhead_pct"}}``:
+    medians over all timed calls (wall
     and process CPU time) and the overhead against ``baseline`` (default: the first name), 100 * (median / baseline's
     median - 1), from wall and from CPU time, each with a 95 % bootstrap interval (``overhead_ci95_pct``,
     ``cpu_overhead_ci95_pct``: ``(low, high)``). The paired estimate compares each round with itself: the median over
     rounds of 100 * (round median / baseline's round median - 1), with a bootstrap over rounds. Both callables of a
-    round run back to back, so a load that drifts over seconds cancels in the pair. ``inference_mode`` as in
-    :func:`time_forward`.
+    round run back to back, so a load that drifts over seconds cancels in the pair. ``min_overhead_pct`` compares the
+    fastest call of each (100 * (min / baseline's min - 1)): a shared machine only ever adds time to a call, so with
+    enough calls the fastest approaches the undisturbed cost. ``inference_mode`` as in :func:`time_forward`.
     """
     names = list(fns)
     if not names:
@@ -184,6 +186,9 @@ def compare_forward(fns: Mapping[str, Callable[[torch.Tensor], object]], x: torc
         "cpu_overhead_pct": overhead(cpu, name),
         "cpu_overhead_ci95_pct": _bootstrap_ratio_ci(cpu[name], cpu[baseline]),
         **_paired_overhead(round_wall[name], round_wall[baseline]),
+        "min_ms": 1e3 * min(wall[name]),
+        "min_overhead_pct": 100.0 * (min(wall[name]) / min(wall[baseline]) - 1.0) if min(wall[baseline]) > 0
+        else float("nan"),
     } for name in names}
 
 

@@ -92,6 +92,8 @@ def test_compare_forward_sees_a_slower_function():
     paired_low, paired_high = res["slow"]["paired_overhead_ci95_pct"]
     assert paired_low <= res["slow"]["paired_overhead_pct"] <= paired_high and paired_low > 40
     assert res["fast"]["paired_overhead_pct"] == 0.0
+    assert res["fast"]["min_overhead_pct"] == 0.0 and res["slow"]["min_overhead_pct"] > 40
+    assert res["slow"]["min_ms"] <= res["slow"]["median_ms"]
     # sleeping costs no CPU time; spinning does
     assert res["slow"]["cpu_median_ms"] < 2
     busy = compare_forward({"a": lambda x: _busy(0.002), "b": lambda x: _busy(0.006)}, torch.zeros(1), rounds=3,
