@@ -116,3 +116,33 @@ def test_fine_tuning_runs_an_ablation_as_a_variant(tmp_path, monkeypatch):
         pm.execute_notebook(str(NOTEBOOKS / "05_fine_tuning.ipynb"), str(tmp_path / "bad.ipynb"),
                             parameters={"max_images": 20, "epochs": 1, "pos_weight": "2:1"}, cwd=str(NOTEBOOKS),
                             progress_bar=False, kernel_name="python3")
+
+
+@pytest.mark.slow
+def test_fine_tuning_cross_fits_real_imagenet_photos(shared_data_root, tmp_path, monkeypatch):
+    # The path that produced the committed ImageNet-val-1000 rows, on 24 real photos: the real loader, torchvision's
+    # MobileNetV2 from the weights root, cross-fitted halves, the memoised backbone, and rows for every image once.
+    import papermill as pm
+
+    from dualcam_lib.paths import weights_root
+
+    weights = "mobilenet_v2_imagenet_coral_dequant.pth"  # found under the weights root by the notebook
+    if not (weights_root() / weights).exists():
+        pytest.skip(f"{weights} not under {weights_root()} (set DUALCAM_WEIGHTS_ROOT)")
+    monkeypatch.setenv("DUALCAM_CACHE_DIR", str(tmp_path / "cache"))  # tiny real runs stay out of the shared cache
+    monkeypatch.setenv("OMP_NUM_THREADS", "2")
+    results = tmp_path / "rows.csv"
+    params = {"dataset": "imagenet-val-1000", "backbone": "mobilenet_v2", "weights": weights,
+              "data_root": str(shared_data_root),
+              "max_images": 24, "epochs": 1, "methods": ["cam"], "results_path": str(results), "num_threads": 2}
+    out = tmp_path / "out.ipynb"
+    pm.execute_notebook(str(NOTEBOOKS / "05_fine_tuning.ipynb"), str(out), parameters=params, cwd=str(NOTEBOOKS),
+                        progress_bar=False, kernel_name="python3")
+    rows = read_rows(results)
+    assert set(rows["dataset"]) == {"imagenet-val-1000"} and set(rows["backbone"]) == {"mobilenet_v2"}
+    assert set(rows["setting"]) == {"imagenet-val-1000 cross-fit, fresh init"}
+    assert set(rows["branch"]) == {"softmax", "sigmoid"}
+    config = rows["config"].iloc[0]
+    assert '"num_images": 24' in config and '"cross_fit": true' in config
+    top1 = rows[(rows["metric"] == "top1_cls") & (rows["branch"] == "softmax")]["value"]
+    assert len(top1) == 1 and 0 <= float(top1.iloc[0]) <= 100
