@@ -26,7 +26,7 @@ import torch
 
 from dualcam_lib.heads import DualBranchModel
 from dualcam_lib.models import ARCHITECTURES, build_classifier
-from dualcam_lib.overhead import compare_forward, count_flops, parameter_report, time_forward
+from dualcam_lib.overhead import compare_forward, flop_report, parameter_report, time_forward
 
 # Per-image inference time from the paper's Table 3 (RTX A6000, includes CAM generation): baseline, ours, delta %.
 # Its VGG-16 / InceptionV3 rows are wsolevaluation's GAP variants (the parameter counts say so).
@@ -76,7 +76,7 @@ def bench_one(name: str, args, device: torch.device) -> dict:
     with torch.inference_mode():
         features = dual.backbone(x)
     head = time_forward(dual.sigmoid_head, features, iters=max(10, args.rounds * args.iters), warmup=args.warmup)
-    flops_plain, flops_dual = count_flops(plain, x), count_flops(dual, x)
+    flops = flop_report(dual, x)
     row = {
         "arch": name, "device": str(device), "batch": args.batch, "size": size,
         "params_baseline_M": params["baseline_M"], "params_dual_M": params["dual_M"],
@@ -91,9 +91,9 @@ def bench_one(name: str, args, device: torch.device) -> dict:
         "dual_cpu_ms": round(timing["dual"]["cpu_median_ms"], 2),
         "forward_cpu_overhead_pct": round(timing["dual"]["cpu_overhead_pct"], 2),
         "forward_cpu_overhead_ci95": _ci(timing["dual"]["cpu_overhead_ci95_pct"]),
-        "gflops_plain": round(flops_plain / 1e9 / args.batch, 3),
-        "gflops_dual": round(flops_dual / 1e9 / args.batch, 3),
-        "flops_overhead_pct": round(100.0 * (flops_dual / flops_plain - 1.0), 3),
+        "gflops_plain": round(flops["plain_flops"] / 1e9 / args.batch, 3),
+        "gflops_dual": round(flops["dual_flops"] / 1e9 / args.batch, 3),
+        "flops_overhead_pct": round(flops["overhead_pct"], 3),
         "extra_head_ms": round(head["median_ms"], 3),
         "extra_head_pct": round(100.0 * head["median_ms"] / timing["plain"]["median_ms"], 3),
         "extra_head_cpu_pct": round(100.0 * head["cpu_median_ms"] / timing["plain"]["cpu_median_ms"], 3),

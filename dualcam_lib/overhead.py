@@ -93,6 +93,16 @@ def count_flops(fn: Callable[[torch.Tensor], object], x: torch.Tensor) -> int:
     return int(counter.get_total_flops())
 
 
+def flop_report(dual: nn.Module, x: torch.Tensor) -> dict:
+    """Counted FLOPs (:func:`count_flops`) of the plain classifier and of the dual-branch forward on ``x``
+    ``(B, 3, H, W) float``: ``{"plain_flops", "dual_flops", "overhead_pct"}``, where ``dual`` is a
+    :class:`~dualcam_lib.heads.DualBranchModel` and the plain model is its own backbone + softmax head."""
+    plain_flops = count_flops(dual.split.as_module().eval(), x)
+    dual_flops = count_flops(dual, x)
+    return {"plain_flops": plain_flops, "dual_flops": dual_flops,
+            "overhead_pct": 100.0 * (dual_flops / plain_flops - 1.0)}
+
+
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -173,9 +183,9 @@ def compare_forward(fns: Mapping[str, Callable[[torch.Tensor], object]], x: torc
             cpu[name] += res["cpu_times_s"]
             round_wall[name].append(res["median_ms"])
 
-    def overhead(times: dict, name: str) -> float:
-        base = statistics.median(times[baseline])
-        return 100.0 * (statistics.median(times[name]) / base - 1.0) if base > 0 else float("nan")
+    def overhead(times: dict, name: str, stat: Callable = statistics.median) -> float:
+        base = stat(times[baseline])
+        return 100.0 * (stat(times[name]) / base - 1.0) if base > 0 else float("nan")
 
     return {name: {
         "median_ms": 1e3 * statistics.median(wall[name]),
@@ -187,8 +197,7 @@ def compare_forward(fns: Mapping[str, Callable[[torch.Tensor], object]], x: torc
         "cpu_overhead_ci95_pct": _bootstrap_ratio_ci(cpu[name], cpu[baseline]),
         **_paired_overhead(round_wall[name], round_wall[baseline]),
         "min_ms": 1e3 * min(wall[name]),
-        "min_overhead_pct": 100.0 * (min(wall[name]) / min(wall[baseline]) - 1.0) if min(wall[baseline]) > 0
-        else float("nan"),
+        "min_overhead_pct": overhead(wall, name, min),
     } for name in names}
 
 

@@ -7,7 +7,8 @@ from torch import nn
 
 from dualcam_lib.heads import DualBranchModel
 from dualcam_lib.models import build_classifier
-from dualcam_lib.overhead import compare_forward, count_flops, count_parameters, parameter_report, time_forward
+from dualcam_lib.overhead import (compare_forward, count_flops, count_parameters, flop_report, parameter_report,
+                                  time_forward)
 
 
 def _report(name, **kw):
@@ -111,3 +112,6 @@ def test_dual_forward_adds_exactly_the_sigmoid_heads_flops():
     plain, both = count_flops(split.as_module().eval(), x), count_flops(dual, x)
     fc = dual.sigmoid_head.fc
     assert plain > 0 and both - plain == 2 * x.shape[0] * fc.in_features * fc.out_features
+    report = flop_report(dual, x)
+    assert (report["plain_flops"], report["dual_flops"]) == (plain, both)
+    assert report["overhead_pct"] == pytest.approx(100.0 * (both / plain - 1.0))
