@@ -60,11 +60,17 @@ def _parameter_names(path: Path) -> set[str]:
     return names
 
 
+def _execute(path: Path, out: Path, parameters: dict) -> None:
+    """Run one chapter through papermill the way a GPU user does (the notebooks folder as working directory)."""
+    import papermill as pm
+
+    pm.execute_notebook(str(path), str(out), parameters=parameters, cwd=str(NOTEBOOKS), progress_bar=False,
+                        kernel_name="python3")
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("stem", sorted(TINY))
 def test_notebook_runs_through_papermill_with_tiny_parameters(stem, tmp_path, monkeypatch):
-    import papermill as pm
-
     path = NOTEBOOKS / f"{stem}.ipynb"
     if not path.exists():
         pytest.fail(f"{path} is missing")
@@ -83,8 +89,7 @@ def test_notebook_runs_through_papermill_with_tiny_parameters(stem, tmp_path, mo
     monkeypatch.delenv("DUALCAM_CACHE_DIR", raising=False)
     monkeypatch.setenv("OMP_NUM_THREADS", "2")
     out = tmp_path / f"{stem}.out.ipynb"
-    pm.execute_notebook(str(path), str(out), parameters=params, cwd=str(NOTEBOOKS), progress_bar=False,
-                        kernel_name="python3")
+    _execute(path, out, params)
     executed = nbformat.read(out, as_version=4)
     errors = [o for c in executed.cells if c.cell_type == "code" for o in c.get("outputs", [])
               if o.get("output_type") == "error"]
@@ -100,30 +105,24 @@ def test_notebook_runs_through_papermill_with_tiny_parameters(stem, tmp_path, mo
 def test_fine_tuning_runs_an_ablation_as_a_variant(tmp_path, monkeypatch):
     # Chapter 5 with one change of the paper's recipe (here two at once: no clamping, the 1:1 positive weight) writes
     # the sigmoid branch's rows only, under the variant name the tables chapter sets beside the paper's ablations.
-    import papermill as pm
-
     monkeypatch.delenv("DUALCAM_CACHE_DIR", raising=False)
     monkeypatch.setenv("OMP_NUM_THREADS", "2")
     results = tmp_path / "rows.csv"
     params = {"max_images": 60, "epochs": 1, "clamp": False, "pos_weight": "1:1", "results_path": str(results),
               "num_threads": 2}
-    pm.execute_notebook(str(NOTEBOOKS / "05_fine_tuning.ipynb"), str(tmp_path / "out.ipynb"), parameters=params,
-                        cwd=str(NOTEBOOKS), progress_bar=False, kernel_name="python3")
+    _execute(NOTEBOOKS / "05_fine_tuning.ipynb", tmp_path / "out.ipynb", params)
     rows = read_rows(results)
     assert set(rows["variant"]) == {"no_clamp,pos_1:1"} and set(rows["branch"]) == {"sigmoid"}
     assert set(rows["method"]) == {"cam", "gradcam"} and "top1_cls" not in set(rows["metric"])
     with pytest.raises(Exception, match="pos_weight must be None, a number or one of"):
-        pm.execute_notebook(str(NOTEBOOKS / "05_fine_tuning.ipynb"), str(tmp_path / "bad.ipynb"),
-                            parameters={"max_images": 20, "epochs": 1, "pos_weight": "2:1"}, cwd=str(NOTEBOOKS),
-                            progress_bar=False, kernel_name="python3")
+        _execute(NOTEBOOKS / "05_fine_tuning.ipynb", tmp_path / "bad.ipynb",
+                 {"max_images": 20, "epochs": 1, "pos_weight": "2:1"})
 
 
 @pytest.mark.slow
 def test_fine_tuning_cross_fits_real_imagenet_photos(shared_data_root, tmp_path, monkeypatch):
     # The path that produced the committed ImageNet-val-1000 rows, on 24 real photos: the real loader, torchvision's
     # MobileNetV2 from the weights root, cross-fitted halves, the memoised backbone, and rows for every image once.
-    import papermill as pm
-
     from dualcam_lib.paths import weights_root
 
     weights = "mobilenet_v2_imagenet_coral_dequant.pth"  # found under the weights root by the notebook
@@ -135,9 +134,7 @@ def test_fine_tuning_cross_fits_real_imagenet_photos(shared_data_root, tmp_path,
     params = {"dataset": "imagenet-val-1000", "backbone": "mobilenet_v2", "weights": weights,
               "data_root": str(shared_data_root),
               "max_images": 24, "epochs": 1, "methods": ["cam"], "results_path": str(results), "num_threads": 2}
-    out = tmp_path / "out.ipynb"
-    pm.execute_notebook(str(NOTEBOOKS / "05_fine_tuning.ipynb"), str(out), parameters=params, cwd=str(NOTEBOOKS),
-                        progress_bar=False, kernel_name="python3")
+    _execute(NOTEBOOKS / "05_fine_tuning.ipynb", tmp_path / "out.ipynb", params)
     rows = read_rows(results)
     assert set(rows["dataset"]) == {"imagenet-val-1000"} and set(rows["backbone"]) == {"mobilenet_v2"}
     assert set(rows["setting"]) == {"imagenet-val-1000 cross-fit, fresh init"}
