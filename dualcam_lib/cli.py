@@ -138,10 +138,12 @@ def main(argv: list[str] | None = None) -> int:
     g.add_argument("--timeout", type=int, default=None, help="per-cell timeout in seconds")
     g.add_argument("--force", action="store_true", help="re-run parameter sets that already have results")
     g.set_defaults(func=_cmd_grid)
-    ev = sub.add_parser("evaluate", help="score saved maps against wsolevaluation metadata (see --help)",
-                        add_help=False)
-    ev.add_argument("rest", nargs=argparse.REMAINDER)
-    ev.set_defaults(func=lambda a: __import__("dualcam_lib.evaluate", fromlist=["main"]).main(a.rest))
+    from . import evaluate
+
+    ev = sub.add_parser("evaluate", help="score saved maps against wsolevaluation metadata",
+                        description=evaluate.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    evaluate.build_parser(ev)
+    ev.set_defaults(func=lambda a: evaluate.run(a, ev))
     args = parser.parse_args(argv)
     try:
         return int(args.func(args) or 0)

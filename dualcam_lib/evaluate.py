@@ -272,9 +272,11 @@ def write_json_atomically(data: dict, path: str | os.PathLike) -> None:
         raise
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m dualcam_lib.evaluate", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.ArgumentParser:
+    """The evaluator's options, added to ``parser`` (``dualcam evaluate``'s subparser) or to a new parser."""
+    if parser is None:
+        parser = argparse.ArgumentParser(prog="python -m dualcam_lib.evaluate", description=__doc__,
+                                         formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--scoremaps", required=True, help="folder of <image_id>.npy maps, or one (N, H, W) .npy/.npz")
     parser.add_argument("--metadata", required=True, help="wsolevaluation metadata folder (image_ids.txt, ...)")
     parser.add_argument("--mask-root", default=None, help="root of the OpenImages mask PNGs (PxAP)")
@@ -293,7 +295,11 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv=None) -> int:
     """Command-line entry point; returns the exit status (0: success, 2: bad input)."""
     parser = build_parser()
-    args = parser.parse_args(argv)
+    return run(parser.parse_args(argv), parser)
+
+
+def run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    """Evaluate with parsed options (shared by ``python -m dualcam_lib.evaluate`` and ``dualcam evaluate``)."""
     if not 0 < args.cam_curve_interval < 1:
         parser.error(f"--cam-curve-interval must be in (0, 1), got {args.cam_curve_interval}")
     if args.batch_size < 1:

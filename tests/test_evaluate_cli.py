@@ -179,6 +179,7 @@ def test_real_openimages_masks(shared_data_root, tmp_path, capsys):
     assert sorted(masks) == sorted(OPENIMAGES_IDS)
     metadata = write_metadata(tmp_path / "meta", OPENIMAGES_IDS, {i: int(labels[i]) for i in OPENIMAGES_IDS},
                               masks=masks)
+    (metadata / "image_sizes.txt").unlink()  # mask evaluation never needs it, and wsolevaluation ships it empty
 
     size = (48, 64)
     foreground, ignore = zip(*[load_masks(mask_root, [m for m, _ in masks[i]], masks[i][0][1] or None, size)
@@ -216,3 +217,25 @@ def test_module_runs_as_a_script():
                                text=True, timeout=120)
     assert completed.returncode == 0
     assert "--scoremaps" in completed.stdout and "wsolevaluation" in completed.stdout
+
+
+@pytest.mark.parametrize("entry", [["-m", "dualcam_lib", "evaluate"], ["-m", "dualcam_lib.evaluate"]])
+def test_the_real_subcommand_runs_in_a_subprocess(generated, entry):
+    """``python -m dualcam_lib evaluate --scoremaps ...`` must reach the evaluator: an option-led argument list once
+    fell through the subparser (exit 2, 'unrecognized arguments')."""
+    import subprocess
+    import sys
+
+    g = generated
+    base = [sys.executable, *entry]
+    done = subprocess.run([*base, "--scoremaps", str(g["stack"]), "--metadata", str(g["metadata"]),
+                           "--cam-curve-interval", "0.01"], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    direct = main(["--scoremaps", str(g["stack"]), "--metadata", str(g["metadata"]), "--cam-curve-interval", "0.01"])
+    assert direct == 0
+    assert json.loads(done.stdout)["num_images"] == 6
+    helped = subprocess.run([*base, "--help"], capture_output=True, text=True, timeout=300)
+    assert helped.returncode == 0 and "--scoremaps" in helped.stdout
+    bad = subprocess.run([*base, "--scoremaps", str(g["stack"]), "--metadata", str(g["root"] / "nowhere")],
+                         capture_output=True, text=True, timeout=300)
+    assert bad.returncode == 2 and "nowhere" in bad.stderr
