@@ -73,6 +73,22 @@ def test_missing_file_names_it(tmp_path):
         read_wsol_metadata(tmp_path / "nowhere")
 
 
+def test_mask_metadata_may_leave_out_image_sizes(tmp_path):
+    """wsolevaluation ships OpenImages' image_sizes.txt empty; mask metadata without the file is read, box metadata
+    without it is refused with the file named (its boxes could not be rescaled)."""
+    folder = tmp_path / "masks"
+    folder.mkdir()
+    (folder / "image_ids.txt").write_text("val/a/1.jpg\nval/a/2.jpg\n")
+    (folder / "class_labels.txt").write_text("val/a/1.jpg,0\nval/a/2.jpg,1\n")
+    (folder / "localization.txt").write_text("val/a/1.jpg,val/a/1_m.png,val/a/1_ig.png\nval/a/2.jpg,val/a/2_m.png,\n")
+    meta = read_wsol_metadata(folder)
+    assert meta.localization == "masks" and len(meta) == 2 and meta.sizes == {}
+    boxes = good_meta(tmp_path / "boxes")
+    (boxes / "image_sizes.txt").unlink()
+    with pytest.raises(FileNotFoundError, match=r"image_sizes.txt' is missing.*mask"):
+        read_wsol_metadata(boxes)
+
+
 @pytest.mark.parametrize("field, lines, where, what", [
     ("labels", ["a/1.jpg,0", "a/2.jpg;0", "b/3.jpg,1"], "class_labels.txt, line 2", "IMAGE_ID,LABEL"),
     ("labels", ["a/1.jpg,0", "a/2.jpg,zero", "b/3.jpg,1"], "class_labels.txt, line 2", "not an integer"),
@@ -153,6 +169,24 @@ def test_rescale_boxes_matches_int_truncation():
     got = rescale_boxes(boxes, (227, 227), (224, 224))
     want = [[int(v * 224 / 227) for v in row] for row in boxes.tolist()]
     assert got.tolist() == want
+
+
+@pytest.mark.parametrize("width", [640, 320, 374, 612])
+def test_loader_and_metrics_rescale_boxes_agree_where_the_orders_differ(width):
+    """wsolevaluation computes int(x * S / W); floor(x * (S / W)) is one pixel off for some (W, x), e.g. W = 640,
+    x = 180 at S = 224 (63 against 62). The loader and the metrics must both give wsolevaluation's value."""
+    from dualcam_lib.metrics import rescale_boxes as metrics_rescale
+
+    xs = torch.arange(width)
+    boxes = torch.stack([xs, xs, xs, xs], 1)
+    want = [int(x * 224 / width) for x in range(width)]
+    ratio_first = [int(np.floor(x * (224 / width))) for x in range(width)]
+    assert want != ratio_first  # these widths are where the two orders disagree
+    got = rescale_boxes(boxes, (width, width), (224, 224))
+    assert got.dtype == torch.int64 and got[:, 0].tolist() == want and got[:, 1].tolist() == want
+    assert metrics_rescale(boxes.numpy(), (width, width), (224, 224))[:, 2].tolist() == want
+    if width == 640:
+        assert rescale_boxes(torch.tensor([[180, 0, 180, 0]]), (640, 480), (224, 224))[0, 0].item() == 63
 
 
 def test_mask_resize_matches_cv2_nearest():

@@ -26,6 +26,7 @@ from typing import Iterator, NamedTuple
 
 import torch
 
+from ..box_scaling import rescale_boxes
 from .wsol_metadata import WSOLMetadata, read_wsol_metadata
 
 TRAIN_RESIZE_RATIO = 256 / 224  # the paper's Resize(256) -> RandomCrop(224)
@@ -126,14 +127,6 @@ def resize_mask_nearest(mask: torch.Tensor, size: tuple[int, int]) -> torch.Tens
     return mask[..., rows, :][..., cols]
 
 
-def rescale_boxes(boxes: torch.Tensor, image_size: tuple[int, int], new_size: tuple[int, int]) -> torch.Tensor:
-    """``(K, 4)`` boxes of a ``(W, H)`` image -> a ``new_size (W', H')`` image: ``int(x * W' / W)`` (wsolevaluation)."""
-    w, h = image_size
-    nw, nh = new_size
-    scale = torch.tensor([nw / w, nh / h, nw / w, nh / h], dtype=torch.float64)
-    return (boxes.to(torch.float64) * scale).floor().long()  # coordinates are >= 0, so floor == int()
-
-
 def class_names_from_ids(meta: WSOLMetadata) -> list[str]:
     """Class names from the image ids' parent folders when they map one-to-one onto labels
     (CUB: ``001.Black_footed_Albatross``, OpenImages: ``01226z``), else ``"class k"``."""
@@ -162,7 +155,8 @@ class WSOLImageDataset(torch.utils.data.Dataset):
 
     def __init__(self, image_root, metadata_dir=None, size: int = 224, train: bool = False,
                  metadata: WSOLMetadata | None = None, mask_root=None, skip_bad: bool = False,
-                 check_sizes: bool = True, class_names: list[str] | None = None, name: str = "wsol"):
+                 check_sizes: bool = True, class_names: list[str] | None = None, name: str = "wsol",
+                 imagenet_index: list[int] | None = None):
         if (metadata_dir is None) == (metadata is None):
             raise ValueError("WSOLImageDataset: pass exactly one of metadata_dir or metadata")
         self.image_root = Path(image_root)
@@ -179,6 +173,8 @@ class WSOLImageDataset(torch.utils.data.Dataset):
         self.name = name
         self.class_names = list(class_names) if class_names is not None else class_names_from_ids(self.metadata)
         self.skipped: list[tuple[str, str]] = []  # (file, reason) for images skipped while loading
+        # ImageNet subsets: the 1000-class row of each of the set's labels (None for other sets)
+        self.imagenet_index = None if imagenet_index is None else [int(i) for i in imagenet_index]
 
     # --- what the dataset holds -------------------------------------------------------------------------------
 
@@ -215,7 +211,7 @@ class WSOLImageDataset(torch.utils.data.Dataset):
         return WSOLImageDataset(self.image_root, size=self.size, train=self.train,
                                 metadata=self.metadata.subset(chosen), mask_root=self.mask_root,
                                 skip_bad=self.skip_bad, check_sizes=self.check_sizes, class_names=self.class_names,
-                                name=self.name)
+                                name=self.name, imagenet_index=self.imagenet_index)
 
     # --- loading ------------------------------------------------------------------------------------------------
 
@@ -372,7 +368,8 @@ def _to_tensor(pil) -> torch.Tensor:
 # --------------------------------------------------------------------------------------------------------------
 
 SYNTHETIC_NAMES = ("synthetic", "finegrained", "digits")
-REAL_NAMES = ("imagenet-val-1000", "imagenet", "cub", "cars", "openimages")
+IMAGENET_SUBSETS = ("imagenette-224", "imagewoof-224")
+REAL_NAMES = ("imagenet-val-1000", "imagenet", "cub", "cars", "openimages") + IMAGENET_SUBSETS
 DATASET_NAMES = SYNTHETIC_NAMES + REAL_NAMES
 
 # key in wsol-metadata/, image folder(s) under the data root (first existing wins), splits
@@ -419,6 +416,10 @@ def load_dataset(name: str, split: str = "test", data_root=None, size: int | Non
 
     - ``imagenet-val-1000`` (split test): images ``imagenet-val-1000/images/<id>``, metadata
       ``imagenet-val-1000/metadata/test``.
+    - ``imagenette-224``, ``imagewoof-224`` (train | val | test): images ``<name>/images/<id>``, metadata
+      ``<name>/metadata/<split>`` (train: labels only; val and test: boxes), and ``<name>/classes.txt`` mapping the
+      set's labels to ImageNet rows: the dataset's ``imagenet_index`` (a list, one row per class) restricts a
+      pretrained 1000-class head to the set (:func:`dualcam_lib.models.restrict_head`).
     - ``imagenet`` (train | val | test): images ``ILSVRC/<id>`` (ids are ``train/n01440764/...JPEG``,
       ``val/ILSVRC2012_val_*.JPEG`` for test, ``val2/...`` for wsolevaluation's val split).
     - ``cub`` (train | val | test): images ``CUB/<id>`` or ``CUB_200_2011/images/<id>``; val is wsolevaluation's
@@ -451,7 +452,20 @@ def load_dataset(name: str, split: str = "test", data_root=None, size: int | Non
     root = resolve_root(data_root)
     size = size or 224
     kwargs.setdefault("train", split == "train")
-    if key == "imagenet-val-1000":
+    if key in IMAGENET_SUBSETS:
+        if split not in ("train", "val", "test"):
+            raise ValueError(f"load_dataset({name!r}): split must be 'train', 'val' or 'test', got {split!r}")
+        base = root / key
+        meta_dir, images = base / "metadata" / split, base / "images"
+        if not meta_dir.is_dir() or not images.is_dir():
+            raise _not_found(f"the {key} set ({split})", [meta_dir, images], root)
+        classes = read_imagenet_subset_classes(base / "classes.txt")
+        ds = WSOLImageDataset(images, meta_dir, size=size, class_names=classes.names, name=key,
+                              imagenet_index=classes.imagenet_index, **kwargs)
+        if ds.metadata.num_classes > len(classes.names):
+            raise ValueError(f"{meta_dir / 'class_labels.txt'}: label {ds.metadata.num_classes - 1} has no line in "
+                             f"{base / 'classes.txt'} ({len(classes.names)} classes)")
+    elif key == "imagenet-val-1000":
         if split not in ("test", "val"):
             raise ValueError(f"load_dataset('imagenet-val-1000'): the only split is 'test', got {split!r}")
         base = root / "imagenet-val-1000"
@@ -491,6 +505,47 @@ def load_dataset(name: str, split: str = "test", data_root=None, size: int | Non
             ds = WSOLImageDataset(images, meta_dir, size=size, class_names=class_names, name=key, **kwargs)
     chosen = _sample(len(ds), n, seed)
     return ds if chosen is None else ds.subset(chosen)
+
+
+class ImageNetSubsetClasses(NamedTuple):
+    """A 10-class ImageNet subset's ``classes.txt``: per set label ``k``, its wnid, ImageNet row and name."""
+
+    wnids: list[str]
+    imagenet_index: list[int]
+    names: list[str]
+
+
+def read_imagenet_subset_classes(path: str | os.PathLike, num_imagenet_classes: int = 1000) -> ImageNetSubsetClasses:
+    """Parse ``classes.txt`` lines ``label,wnid,imagenet_index,name`` (the name may hold commas).
+
+    Labels must be 0..K-1 in order, ImageNet rows distinct integers in ``[0, num_imagenet_classes)``. Errors name
+    the file and the line.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"class map '{path}' is missing; it maps the set's labels to ImageNet rows "
+                                "(lines 'label,wnid,imagenet_index,name')")
+    wnids, rows, names = [], [], []
+    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip():
+            continue
+        parts = line.split(",", 3)
+        if len(parts) != 4:
+            raise ValueError(f"{path}, line {n}: expected 'label,wnid,imagenet_index,name', got {line!r}")
+        label, wnid, row, name = (p.strip() for p in parts)
+        if not (label.isdigit() and int(label) == len(wnids)):
+            raise ValueError(f"{path}, line {n}: label {label!r} out of order; expected {len(wnids)}")
+        if not row.isdigit() or not 0 <= int(row) < num_imagenet_classes:
+            raise ValueError(f"{path}, line {n}: imagenet_index {row!r} is not an integer in "
+                             f"[0, {num_imagenet_classes})")
+        if int(row) in rows:
+            raise ValueError(f"{path}, line {n}: imagenet_index {row} repeats line {rows.index(int(row)) + 1}")
+        wnids.append(wnid)
+        rows.append(int(row))
+        names.append(name)
+    if not wnids:
+        raise ValueError(f"{path}: no classes")
+    return ImageNetSubsetClasses(wnids, rows, names)
 
 
 def _cars_class_names(root: Path) -> list[str] | None:

@@ -287,7 +287,7 @@ def read_imagenet_val(val_dir: str | os.PathLike, metadata_dir: str | os.PathLik
         if image_id in meta.sizes:
             sizes[new] = meta.sizes[image_id]
     if rescale_to_files:
-        from .datasets import rescale_boxes
+        from ..box_scaling import rescale_boxes
         import torch
 
         files = HeaderSizes(val_dir, ids)

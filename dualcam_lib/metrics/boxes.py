@@ -32,16 +32,26 @@ GT-known Loc needs the largest contour at a single threshold; that is one OpenCV
 """
 from __future__ import annotations
 
+import os
 from typing import Sequence
 
 import cv2
 import numpy as np
 import torch
 
+from dualcam_lib.box_scaling import rescale_boxes  # noqa: F401  (re-exported: the metrics' public API)
+
 try:  # numba makes the level sweep ~50x faster than a contour search per threshold; it is optional
     import numba
 except ImportError:  # pragma: no cover - exercised only where numba is absent
     numba = None
+else:
+    # numba's default cache sits beside the source (the package's __pycache__): that dirties a checkout and fails on
+    # a read-only install. Unless the user chose a folder (NUMBA_CACHE_DIR), compiled kernels go to the user's cache.
+    if not os.environ.get("NUMBA_CACHE_DIR"):
+        from dualcam_lib.paths import numba_cache_dir
+
+        numba.config.CACHE_DIR = str(numba_cache_dir())
 
 DEFAULT_THRESHOLDS = np.arange(0, 1, 0.001)
 """The protocol's score-map thresholds 0.000, 0.001, ..., 0.999 (float64, exactly ``np.arange(0, 1, 0.001)``)."""
@@ -159,18 +169,6 @@ def box_iou(boxes_a, boxes_b) -> torch.Tensor:
     degenerate = union <= 0
     iou = intersection.to(torch.float64) / torch.where(degenerate, torch.ones_like(union), union).to(torch.float64)
     return torch.where(degenerate, torch.zeros_like(iou), iou)
-
-
-def rescale_boxes(boxes, from_size: tuple[int, int], to_size: tuple[int, int]) -> np.ndarray:
-    """``(K, 4)`` boxes in an image of ``from_size = (W, H)`` -> int64 boxes in ``to_size = (W', H')``.
-
-    Each coordinate becomes ``int(x * W' / W)`` (float64, truncated), wsolevaluation's ``resize_bbox``.
-    """
-    array = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
-    (width, height), (new_width, new_height) = from_size, to_size
-    scale = np.array([new_width, new_height, new_width, new_height], dtype=np.float64)
-    size = np.array([width, height, width, height], dtype=np.float64)
-    return (array * scale / size).astype(np.int64)
 
 
 def _contour_boxes(mask: np.ndarray, multi_contour: bool) -> np.ndarray:
