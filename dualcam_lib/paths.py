@@ -5,6 +5,8 @@ One option each, resolved in this order: the explicit argument, then an environm
 - data root:    ``DUALCAM_DATA_ROOT``   (default ``../shared/data`` beside the repository if present, else ``./data``)
 - weights root: ``DUALCAM_WEIGHTS_ROOT`` (default ``../shared/weights`` beside the repository if present, else ``./weights``)
 - cache dir:    ``DUALCAM_CACHE_DIR``   (default ``<repo>/.cache``) for trained embedded models and feature caches.
+- numba cache:  ``NUMBA_CACHE_DIR``     (default ``$XDG_CACHE_HOME/dualcam_lib/numba``, i.e. ``~/.cache/...``), never
+  the package folder, so a checkout stays clean and a read-only install works.
 """
 from __future__ import annotations
 
@@ -46,6 +48,25 @@ def cache_dir(explicit: str | os.PathLike | None = None) -> Path:
     p = p.expanduser().resolve()
     p.mkdir(parents=True, exist_ok=True)
     return p
+
+
+def numba_cache_dir() -> Path:
+    """The folder numba caches the metrics' compiled kernels in: ``NUMBA_CACHE_DIR`` when set, else
+    ``$XDG_CACHE_HOME/dualcam_lib/numba`` (``~/.cache`` without it), else a folder under the temp dir when the home
+    cache cannot be written. Created on demand."""
+    import tempfile
+
+    if os.environ.get("NUMBA_CACHE_DIR"):
+        return Path(os.environ["NUMBA_CACHE_DIR"]).expanduser()
+    home_cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache").expanduser()
+    for candidate in (home_cache / "dualcam_lib" / "numba", Path(tempfile.gettempdir()) / "dualcam_lib-numba"):
+        try:
+            candidate.mkdir(parents=True, exist_ok=True)
+            if os.access(candidate, os.W_OK):
+                return candidate
+        except OSError:
+            continue
+    return candidate
 
 
 def require_file(path: str | os.PathLike, what: str) -> Path:

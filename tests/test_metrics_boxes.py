@@ -4,6 +4,8 @@ The strongest check is per integer level: for every level of every hard case, ea
 used as a GT box, so the fast path must report IoU 1.0 (hit at delta = 1) exactly where the reference has that box,
 and the hit table over a grid of deltas must match for the case's own GT boxes.
 """
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -170,3 +172,39 @@ def test_boxes_from_map_matches_reference(multi_contour):
         for t, boxes in zip(thresholds, fast):
             expected = ref.boxes_at_threshold(image, t, multi_contour)
             assert boxes.tolist() == expected.tolist(), (name, t)
+
+
+def _compiled_cache_files(folder):
+    return {p: p.stat().st_mtime_ns for p in Path(folder).rglob("*") if p.suffix in (".nbi", ".nbc")}
+
+
+@pytest.mark.skipif(boxes_module.numba is None, reason="numba is not installed: nothing is compiled or cached")
+@pytest.mark.parametrize("chosen", [False, True])
+def test_numba_caches_outside_the_package(tmp_path, chosen):
+    """The compiled kernels are cached in the user's cache folder (or NUMBA_CACHE_DIR), never in the package."""
+    import os
+    import subprocess
+    import sys
+
+    package = Path(boxes_module.__file__).resolve().parent.parent
+    before = _compiled_cache_files(package)
+    env = {k: v for k, v in os.environ.items() if k != "NUMBA_CACHE_DIR"}
+    env["XDG_CACHE_HOME"] = str(tmp_path / "xdg")
+    if chosen:
+        env["NUMBA_CACHE_DIR"] = str(tmp_path / "chosen")
+    code = ("import numpy as np, torch; from dualcam_lib.metrics import BoxAccuracy; "
+            "m = torch.zeros(1, 16, 16); m[0, 4:9, 4:9] = 1; "
+            "a = BoxAccuracy(backend='numba'); a.accumulate(m, [torch.tensor([[4, 4, 8, 8]])]); "
+            "print(a.compute()['maxboxacc_v2'])")
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr
+    m = torch.zeros(1, 16, 16)
+    m[0, 4:9, 4:9] = 1
+    from dualcam_lib.metrics import BoxAccuracy
+
+    here = BoxAccuracy()
+    here.accumulate(m, [torch.tensor([[4, 4, 8, 8]])])
+    assert float(done.stdout.split()[-1]) == here.compute()["maxboxacc_v2"]
+    expected = tmp_path / ("chosen" if chosen else "xdg/dualcam_lib/numba")
+    assert _compiled_cache_files(expected), f"no compiled kernels cached under {expected}"
+    assert _compiled_cache_files(package) == before, "numba wrote its cache into the package folder"
