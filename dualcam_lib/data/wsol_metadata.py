@@ -101,8 +101,11 @@ class _Reader:
             raise MetadataError(f"{self.dir / name}, line {lineno}: {reason}")
         self.skipped.append((name, lineno, reason))
 
-    def lines(self, name: str) -> list[str]:
+    def lines(self, name: str, optional: bool = False) -> list[str] | None:
+        """The file's lines; a missing file is an error, or None when ``optional``."""
         path = self.dir / name
+        if not path.is_file() and optional:
+            return None
         if not path.is_file():
             raise FileNotFoundError(
                 f"wsolevaluation metadata file '{path}' is missing; a metadata folder needs "
@@ -192,7 +195,11 @@ def _read_wsol_metadata(metadata_dir: Path, skip_bad: bool) -> WSOLMetadata:
 
     # image_sizes.txt (may be empty)
     sizes: dict[str, tuple[int, int]] = {}
-    size_lines = r.lines("image_sizes.txt")
+    # wsolevaluation ships OpenImages' image_sizes.txt empty, and mask metadata never needs it: it may be missing
+    # there. Box metadata needs it to rescale the boxes (checked once the localisation kind is known).
+    size_lines = r.lines("image_sizes.txt", optional=True)
+    sizes_missing = size_lines is None
+    size_lines = size_lines or []
     for n, line in enumerate(size_lines, 1):
         if not line.strip():
             continue
@@ -220,7 +227,7 @@ def _read_wsol_metadata(metadata_dir: Path, skip_bad: bool) -> WSOLMetadata:
     mask_paths: dict[str, list[str]] = {}
     ignore_paths: dict[str, str | None] = {}
     kind = None
-    loc_lines = r.lines("localization.txt")
+    loc_lines = r.lines("localization.txt", optional=True) or []  # a train split may have no localisation at all
     for n, line in enumerate(loc_lines, 1):
         if not line.strip():
             continue
@@ -267,6 +274,11 @@ def _read_wsol_metadata(metadata_dir: Path, skip_bad: bool) -> WSOLMetadata:
             expected = {"boxes": "'IMAGE_ID,x0,y0,x1,y1'", "masks": "'IMAGE_ID,MASK_PATH,IGNORE_PATH'",
                         None: "'IMAGE_ID,x0,y0,x1,y1' or 'IMAGE_ID,MASK_PATH,IGNORE_PATH'"}[kind]
             r.bad("localization.txt", n, f"expected {expected}, got {line!r}")
+
+    if sizes_missing and kind != "masks":
+        raise FileNotFoundError(
+            f"wsolevaluation metadata file '{metadata_dir / 'image_sizes.txt'}' is missing; it may be left out only "
+            "for mask (OpenImages) metadata: boxes are rescaled from the sizes it gives (an empty file is allowed)")
 
     # Cross-file completeness: every image needs a label, a size (if sizes are given) and localisation (if any).
     has_loc = bool(boxes or mask_paths) or (kind is not None)
