@@ -109,3 +109,22 @@ def test_deletion_insertion_constant_model_gives_its_probability():
         deletion_insertion_auc(constant, images, maps, torch.tensor([1, 0]), baseline="noise")
     with pytest.raises(ValueError, match="targets"):
         deletion_insertion_auc(constant, images, maps, torch.tensor([1]))
+
+
+def test_accumulator_keeps_per_image_probabilities():
+    torch.manual_seed(1)
+    y = torch.rand(53) * 0.9 + 0.05
+    o = torch.where(torch.rand(53) < 0.3, y + 0.01, torch.rand(53) * y)  # some increases, some drops
+    accumulator = FidelityAccumulator()
+    for chunk in range(0, 53, 16):
+        accumulator.accumulate(y[chunk:chunk + 16], o[chunk:chunk + 16])
+    table = accumulator.per_image()
+    assert torch.equal(table["y"], y) and torch.equal(table["o"], o)
+    result = accumulator.compute()
+    assert int((table["o"] > table["y"]).sum()) / 53 * 100 == result["increase_in_confidence"] > 0
+    drops = ((table["y"] - table["o"]).clamp(min=0) / table["y"]).double()
+    assert (drops.sum() / 53 * 100).item() == pytest.approx(result["average_drop"], rel=1e-13, abs=0)
+    assert torch.equal(accumulator.per_image()["y"], y)  # concatenated once, same answer again
+    accumulator.reset()
+    with pytest.raises(RuntimeError, match="before any accumulate"):
+        accumulator.per_image()

@@ -182,3 +182,62 @@ def test_pxap_errors():
         metric.compute()
     with pytest.raises(ValueError, match="increase"):
         PxAP(thresholds=[0.5, 0.2])
+
+
+# ------------------------------------------------------------------------------------------- per-image results
+@pytest.mark.parametrize("backend", ["numba", "opencv"])
+def test_box_accuracy_per_image_recomputes_compute_exactly(backend):
+    maps = torch.from_numpy(np.concatenate([ref.random_cam_maps(7, (24, 24), seed=21),
+                                            ref.random_cam_maps(5, (24, 24), seed=22, noise=0.3)])).float()
+    gts = ref.random_boxes(len(maps), (24, 24), seed=23)
+    for index, scoremap in enumerate(maps[:6].numpy()):  # boxes around the peaks: some hits at every level
+        ys, xs = np.nonzero(scoremap > 0.5 + 0.05 * index)
+        gts[index] = np.array([[xs.min(), ys.min(), xs.max(), ys.max()]])
+    correct = torch.tensor([i % 4 != 1 for i in range(len(maps))])
+    metric = BoxAccuracy(thresholds=COARSE, backend=backend, per_image=True)
+    plain = BoxAccuracy(thresholds=COARSE, backend=backend)
+    for start, stop in ((0, 5), (5, 6), (6, 12)):
+        batch = (maps[start:stop], [torch.from_numpy(g) for g in gts[start:stop]], correct[start:stop])
+        metric.accumulate(*batch)
+        plain.accumulate(*batch)
+    result = metric.compute()
+    table = metric.per_image()
+    assert table["hits"].shape == (12, len(COARSE), 3) and table["hits"].dtype == bool
+    assert table["gt_known"].shape == (12,) and table["top1_loc"].dtype == bool
+    assert np.array_equal(table["hits"].sum(axis=0), metric.num_correct)
+    curves = table["hits"].sum(axis=0, dtype=np.int64) * 100.0 / float(len(maps))
+    maxboxacc = {delta: float(curves[:, d].max()) for d, delta in enumerate(metric.iou_thresholds)}
+    assert maxboxacc == result["maxboxacc"] and 0 < maxboxacc[0.5]
+    assert float(np.mean(list(maxboxacc.values()))) == result["maxboxacc_v2"]
+    assert table["gt_known"].sum() * 100.0 / len(maps) == result["gt_known_loc"] > 0
+    assert table["top1_loc"].sum() * 100.0 / len(maps) == result["top1_loc"]
+    assert np.array_equal(table["top1_loc"], table["gt_known"] & correct.numpy())
+    # per-image bookkeeping changes nothing in compute(), and a second call gives the same tables
+    for key in ("maxboxacc", "maxboxacc_v2", "gt_known_loc", "top1_loc"):
+        assert result[key] == plain.compute()[key]
+    assert np.array_equal(plain.num_correct, metric.num_correct)
+    again = metric.per_image()
+    assert np.array_equal(again["hits"], table["hits"]) and np.array_equal(again["gt_known"], table["gt_known"])
+    # images are kept in order: image 3 alone gives the same row
+    single = BoxAccuracy(thresholds=COARSE, backend=backend, per_image=True)
+    single.accumulate(maps[3:4], [torch.from_numpy(gts[3])], correct[3:4])
+    assert np.array_equal(single.per_image()["hits"][0], table["hits"][3])
+
+
+def test_box_accuracy_per_image_options_and_errors():
+    maps = torch.from_numpy(ref.random_cam_maps(4, (16, 16), seed=24)).float()
+    gts = [torch.from_numpy(g) for g in ref.random_boxes(4, (16, 16), seed=25)]
+    with pytest.raises(RuntimeError, match="per_image=True"):
+        plain = BoxAccuracy(thresholds=COARSE)
+        plain.accumulate(maps, gts)
+        plain.per_image()
+    metric = BoxAccuracy(thresholds=[0.1, 0.5], iou_thresholds=(0.4,), per_image=True)
+    with pytest.raises(RuntimeError, match="before any accumulate"):
+        metric.per_image()
+    metric.accumulate(maps, gts)
+    table = metric.per_image()
+    assert table["hits"].shape == (4, 2, 1) and table["top1_loc"] is None
+    assert table["iou_thresholds"] == (0.4,) and np.array_equal(table["thresholds"], [0.1, 0.5])
+    metric.reset()
+    metric.accumulate(maps[:2], gts[:2])
+    assert metric.per_image()["hits"].shape == (2, 2, 1)

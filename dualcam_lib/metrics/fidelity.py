@@ -51,7 +51,9 @@ def increase_in_confidence(y, o, reduce: bool = True) -> torch.Tensor:
 
 class FidelityAccumulator:
     """Average Drop and Increase in Confidence over batches: ``accumulate(y, o)`` with ``(B,)`` probabilities,
-    ``compute()`` -> ``{"average_drop", "increase_in_confidence", "num_images"}`` (percent, floats)."""
+    ``compute()`` -> ``{"average_drop", "increase_in_confidence", "num_images"}`` (percent, floats).
+    ``per_image()`` -> ``{"y", "o"}``, the ``(N,)`` probabilities of every image (for the bootstrap in
+    ``dualcam_lib.metrics.bootstrap``)."""
 
     def __init__(self):
         self.reset()
@@ -60,6 +62,8 @@ class FidelityAccumulator:
         self.drop_sum = 0.0
         self.num_increases = 0
         self.num_images = 0
+        self._y_list: list[torch.Tensor] = []  # per-image probabilities (CPU), concatenated by per_image()
+        self._o_list: list[torch.Tensor] = []
 
     def accumulate(self, y, o) -> None:
         """y: ``(B,)`` probability of the predicted class on the image; o: on the image times its map."""
@@ -67,6 +71,22 @@ class FidelityAccumulator:
         self.drop_sum += float(((y - o).clamp(min=0) / y).to(torch.float64).sum())
         self.num_increases += int((o > y).sum())
         self.num_images += y.numel()
+        self._y_list.append(y.detach().cpu().clone())
+        self._o_list.append(o.detach().cpu().clone())
+
+    def per_image(self) -> dict:
+        """``{"y": (N,), "o": (N,)}`` CPU float tensors of every image accumulated so far, in order (both in the
+        widest dtype seen); ``average_drop(y, o)`` and ``increase_in_confidence(y, o)`` give ``compute()``'s
+        numbers (Average Drop up to the float rounding of the summation order)."""
+        if self.num_images == 0:
+            raise RuntimeError("FidelityAccumulator.per_image() called before any accumulate()")
+        dtype = self._y_list[0].dtype
+        for item in self._y_list + self._o_list:
+            dtype = torch.promote_types(dtype, item.dtype)
+        for items in (self._y_list, self._o_list):
+            if len(items) > 1 or items[0].dtype != dtype:
+                items[:] = [torch.cat([item.to(dtype) for item in items])]
+        return {"y": self._y_list[0], "o": self._o_list[0]}
 
     def compute(self) -> dict:
         if self.num_images == 0:

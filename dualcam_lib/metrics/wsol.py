@@ -30,10 +30,13 @@ class BoxAccuracy:
     thresholds: score-map thresholds (default ``np.arange(0, 1, 0.001)``); iou_thresholds: the IoU levels
     ``delta`` of MaxBoxAccV2; cam_threshold: the threshold of GT-known / Top-1 Loc, which use the largest contour
     and ``IoU >= loc_iou_threshold``. backend: "auto" | "numba" | "opencv" (see ``hits_per_level``).
+    per_image: also keep each image's hits, for ``per_image()`` and the bootstrap in
+    ``dualcam_lib.metrics.bootstrap`` (``T * D`` bools per image: 3 kB with the default thresholds).
     """
 
     def __init__(self, thresholds=None, iou_thresholds: Sequence[float] = (0.3, 0.5, 0.7),
-                 cam_threshold: float = 0.2, loc_iou_threshold: float = 0.5, backend: str = "auto"):
+                 cam_threshold: float = 0.2, loc_iou_threshold: float = 0.5, backend: str = "auto",
+                 per_image: bool = False):
         self.thresholds = check_thresholds(thresholds)
         self.iou_thresholds = tuple(float(delta) for delta in iou_thresholds)
         if not self.iou_thresholds or any(not 0 <= delta <= 1 for delta in self.iou_thresholds):
@@ -41,6 +44,7 @@ class BoxAccuracy:
         self.cam_threshold = float(check_thresholds([cam_threshold], "cam_threshold")[0])
         self.loc_iou_threshold = float(loc_iou_threshold)
         self.backend = backend
+        self.keep_per_image = bool(per_image)
         self.reset()
 
     def reset(self) -> None:
@@ -49,6 +53,10 @@ class BoxAccuracy:
         self.num_top1 = 0
         self.num_images = 0
         self._with_correct = None  # whether batches came with top-1 correctness (must not change)
+        # per-image tables (per_image=True): lists of batch arrays, concatenated on demand by per_image()
+        self._hits_list: list[np.ndarray] = []
+        self._gt_known_list: list[np.ndarray] = []
+        self._top1_list: list[np.ndarray] = []
 
     def accumulate(self, maps, gt_boxes, correct=None) -> None:
         """maps ``(B, H, W)`` float in [0, 1] (any device); gt_boxes ``B`` tensors ``(K_i, 4)`` (x0, y0, x1, y1
@@ -69,7 +77,8 @@ class BoxAccuracy:
         levels = threshold_levels(self.thresholds, max_values)  # (B, T)
         hits = hits_per_level(images, boxes, self.iou_thresholds, levels_needed=levels, backend=self.backend)
         rows = np.arange(len(images))[:, None]
-        self.num_correct += hits[rows, levels].sum(axis=0, dtype=np.int64)  # (T, D)
+        image_hits = hits[rows, levels]  # (B, T, D) bool
+        self.num_correct += image_hits.sum(axis=0, dtype=np.int64)  # (T, D)
 
         loc_levels = threshold_levels(np.array([self.cam_threshold]), max_values)[:, 0]
         largest = largest_contour_boxes(images, loc_levels)
@@ -78,6 +87,33 @@ class BoxAccuracy:
         if correct is not None:
             self.num_top1 += int((gt_known & correct).sum())
         self.num_images += len(images)
+        if self.keep_per_image:
+            self._hits_list.append(np.ascontiguousarray(image_hits, dtype=bool))
+            self._gt_known_list.append(np.asarray(gt_known, dtype=bool).reshape(-1))
+            if correct is not None:
+                self._top1_list.append(np.asarray(gt_known & correct, dtype=bool).reshape(-1))
+
+    def per_image(self) -> dict:
+        """Per-image results of every image accumulated so far, in order (needs ``per_image=True``).
+
+        Returns ``hits`` ``(N, T, D)`` bool (the image's box hits at each threshold and IoU level; summed over
+        ``N`` they give ``compute()``'s counts), ``gt_known`` ``(N,)`` bool, ``top1_loc`` ``(N,)`` bool (None
+        without ``correct``), ``thresholds`` ``(T,)`` and ``iou_thresholds`` (the ``D`` deltas).
+        """
+        if not self.keep_per_image:
+            raise RuntimeError("BoxAccuracy.per_image() needs BoxAccuracy(per_image=True)")
+        if self.num_images == 0:
+            raise RuntimeError("BoxAccuracy.per_image() called before any accumulate()")
+        for items in (self._hits_list, self._gt_known_list, self._top1_list):
+            if len(items) > 1:  # concatenate once, keep the result for later calls and batches
+                items[:] = [np.concatenate(items)]
+        return {
+            "hits": self._hits_list[0],
+            "gt_known": self._gt_known_list[0],
+            "top1_loc": self._top1_list[0] if self._with_correct else None,
+            "thresholds": self.thresholds.copy(),
+            "iou_thresholds": self.iou_thresholds,
+        }
 
     def compute(self) -> dict:
         """Metrics in percent.
