@@ -42,6 +42,7 @@ class CamReport:
     wsol: dict = field(default_factory=dict)      # (method, score) -> BoxAccuracy.compute()
     pxap: dict = field(default_factory=dict)      # (method, score) -> PxAP.compute()
     fidelity: dict = field(default_factory=dict)  # (method, score) -> FidelityAccumulator.compute()
+    per_image: dict = field(default_factory=dict)  # (method, score) -> per-image table (evaluate_cams(per_image=True))
     clamp: bool | None = None
 
     def metrics(self, method: str, score: str) -> dict:
@@ -108,7 +109,7 @@ def evaluate_cams(model, data, *, methods: Sequence[str] = ("cam", "gradcam"), s
                   clamp: bool | None = None, wsol: bool = True, pxap: bool | None = None, fidelity: bool = False,
                   batch_size: int = 64, device: str | torch.device = "cpu", thresholds=None, target_layer=None,
                   method_kwargs: dict | None = None, accumulate_into: "CamReport | None" = None,
-                  progress: bool = False) -> CamReport:
+                  progress: bool = False, per_image: bool = False) -> CamReport:
     """Evaluate CAM ``methods`` from ``scores`` on ``data`` with the paper's protocol.
 
     ``model``: a DualBranchModel (both branches) or a SplitClassifier (softmax scores only).
@@ -117,6 +118,9 @@ def evaluate_cams(model, data, *, methods: Sequence[str] = ("cam", "gradcam"), s
     PxAP. Fidelity (``fidelity=True``): maps of the softmax branch's predicted class; ``y`` = its softmax probability
     on the image, ``o`` = on the [0, 1] RGB image multiplied by the map, then normalised (Average Drop, Increase in
     Confidence). ``accumulate_into``: continue the accumulators of an earlier report (cross-fitting).
+    ``per_image``: also keep each image's results in ``report.per_image[(method, score)]`` (a dict with ``hits``
+    ``(N, T, D)``, ``gt_known``, ``top1_loc`` and, with fidelity, ``y``, ``o``), the input of
+    :func:`dualcam_lib.metrics.bootstrap.paired_bootstrap`.
     Returns a :class:`CamReport` (percentages).
     """
     from tqdm.auto import tqdm
@@ -129,7 +133,7 @@ def evaluate_cams(model, data, *, methods: Sequence[str] = ("cam", "gradcam"), s
     if accumulate_into is not None and hasattr(accumulate_into, "_acc"):
         acc = accumulate_into._acc
     else:
-        acc = {"box": {k: BoxAccuracy(thresholds) for k in keys}, "px": {k: PxAP(thresholds) for k in keys},
+        acc = {"box": {k: BoxAccuracy(thresholds, per_image=per_image) for k in keys}, "px": {k: PxAP(thresholds) for k in keys},
                "fid": {k: FidelityAccumulator() for k in keys}, "correct": 0, "n": 0, "has_masks": False}
     it = batches_of(data, batch_size)
     with CamEngine(model, target_layer=target_layer) as engine:
@@ -173,6 +177,12 @@ def evaluate_cams(model, data, *, methods: Sequence[str] = ("cam", "gradcam"), s
             report.pxap[k] = acc["px"][k].compute()
         if fidelity:
             report.fidelity[k] = acc["fid"][k].compute()
+    if per_image:
+        for k in keys:
+            table = dict(acc["box"][k].per_image()) if wsol else {}
+            if fidelity:
+                table.update(acc["fid"][k].per_image())
+            report.per_image[k] = table
     report._acc = acc
     return report
 

@@ -21,6 +21,8 @@ class MemoizedBackbone(nn.Module):
     sub-batch. Inputs that require grad (a CAM method that differentiates the input) and ``capacity <= 0`` bypass the
     store. Entries are private copies, so a caller may modify what it gets back. Set ``backbone = MemoizedBackbone(
     backbone, n)`` on a :class:`~dualcam_lib.models.SplitModel` before wrapping it in a ``DualBranchModel``.
+    ``accept_new = False`` keeps answering from the store but stores nothing new (one-off inputs, such as the
+    masked images of a fidelity metric, then cannot evict the images that are looked up again and again).
     """
 
     def __init__(self, inner: nn.Module, capacity: int):
@@ -28,6 +30,7 @@ class MemoizedBackbone(nn.Module):
         self.inner, self.capacity = inner, int(capacity)
         self.store: OrderedDict[bytes, torch.Tensor] = OrderedDict()
         self.hits = self.misses = 0
+        self.accept_new = True
 
     @staticmethod
     def keys_of(x: torch.Tensor) -> list[bytes]:
@@ -50,7 +53,7 @@ class MemoizedBackbone(nn.Module):
             out = self.inner(x[missing]) if missing else None
             fresh = dict(zip(missing, out)) if missing else {}
             result = torch.stack([fresh[i] if i in fresh else self.store[k] for i, k in enumerate(keys)])
-        for i, f in fresh.items():
+        for i, f in fresh.items() if self.accept_new else ():
             self.store[keys[i]] = f.detach().clone()  # a private copy: callers may modify `result`
         while len(self.store) > self.capacity:  # evict only after this batch has been answered
             self.store.popitem(last=False)

@@ -111,3 +111,46 @@ class DualBranchModel(nn.Module):
         features = self.backbone(x)
         soft, sig = self.heads(features)
         return DualOutput(features, soft, sig)
+
+
+def restrict_classes(split, rows) -> "SplitClassifier":
+    """A classifier over a subset of ``split``'s classes: the head's last Linear layer keeps only ``rows``.
+
+    ``rows``: the original class index of each new class (e.g. a 10-class ImageNet subset's ``imagenet_index``).
+    Backbone and the other head layers are shared, not copied; the kept weights and biases are copied unchanged, so
+    the new head's logits are exactly the selected columns of the old head's: ``(B, C) -> (B, len(rows))``.
+    """
+    import dataclasses
+
+    rows = [int(r) for r in rows]
+    last = [m for m in split.head.modules() if isinstance(m, nn.Linear)]
+    if not last:
+        raise ValueError(f"restrict_classes: {split.name}'s head {type(split.head).__name__} has no Linear layer")
+    fc = last[-1]
+    if not rows or min(rows) < 0 or max(rows) >= fc.out_features or len(set(rows)) != len(rows):
+        raise ValueError(f"restrict_classes: rows must be distinct class indices in [0, {fc.out_features}), got {rows}")
+    head = copy.copy(split.head)  # shallow: every layer but the last Linear stays shared
+    head._modules = dict(split.head._modules)
+    small = nn.Linear(fc.in_features, len(rows), bias=fc.bias is not None)
+    with torch.no_grad():
+        small.weight.copy_(fc.weight[rows])
+        if fc.bias is not None:
+            small.bias.copy_(fc.bias[rows])
+    _replace_module(head, fc, small)
+    meta = {**split.meta, "restricted_to": rows}
+    return dataclasses.replace(split, head=head, num_classes=len(rows), meta=meta)
+
+
+def _replace_module(root: nn.Module, old: nn.Module, new: nn.Module) -> None:
+    # Find ``old`` among root's descendants (copying each container on the path, so the original head is untouched).
+    for name, child in list(root._modules.items()):
+        if child is old:
+            root._modules[name] = new
+            return
+        if child is not None and any(m is old for m in child.modules()):
+            clone = copy.copy(child)
+            clone._modules = dict(child._modules)
+            root._modules[name] = clone
+            _replace_module(clone, old, new)
+            return
+    raise ValueError("module to replace not found")
