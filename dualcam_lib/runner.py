@@ -304,6 +304,7 @@ def run_experiment(config: RunConfig, cache_dir: str | Path | None = None, log: 
         if len(ds) == 0:
             raise ValueError(f"dataset {config.dataset!r}: the {name} split is empty")
     num_classes = test.num_classes
+    torch.manual_seed(config.seeds[0])  # any layer built without pretrained weights starts from a seeded draw
     split = build_softmax_classifier(config, getattr(test, "imagenet_index", None), num_classes)
     split.as_module().to(config.device).eval()
 

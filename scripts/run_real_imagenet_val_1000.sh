@@ -12,15 +12,15 @@
 # notebooks and per-run CSVs to runs/imagenet_val_1000_wsol/. A run whose per-run CSV exists is skipped, so an
 # interrupted script resumes; pass --force to run everything again. Extra arguments go to `python -m dualcam_lib grid`.
 #
-#   DUALCAM_DATA_ROOT     folder holding imagenet-val-1000/ (default /work/shared/data)
-#   DUALCAM_WEIGHTS_ROOT  folder holding mobilenet_v2_imagenet_coral_dequant.pth (default /work/shared/weights)
+#   DUALCAM_DATA_ROOT     folder holding imagenet-val-1000/ (default ../shared/data)
+#   DUALCAM_WEIGHTS_ROOT  folder holding mobilenet_v2_imagenet_coral_dequant.pth (default ../shared/weights)
 #
 # About 10 minutes per run on 2 CPU cores (one backbone pass over the 1000 images per run).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-DATA_ROOT="${DUALCAM_DATA_ROOT:-/work/shared/data}"
-WEIGHTS_ROOT="${DUALCAM_WEIGHTS_ROOT:-/work/shared/weights}"
+DATA_ROOT="${DUALCAM_DATA_ROOT:-../shared/data}"
+WEIGHTS_ROOT="${DUALCAM_WEIGHTS_ROOT:-../shared/weights}"
 PYTHON="${PYTHON:-.venv/bin/python}"
 OUT=runs/imagenet_val_1000_wsol
 RESULTS=results/imagenet_val_1000_wsol.csv
