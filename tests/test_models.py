@@ -332,3 +332,48 @@ def test_local_file_with_other_class_count_keeps_backbone_and_gets_a_fresh_head(
 def test_a_weights_file_of_another_architecture_names_the_file(mobilenet_file):
     with pytest.raises(WeightsError, match=rf"{MOBILENET_FILE}.*'resnet18'.*missing keys \[conv1.weight"):
         build_classifier("resnet18", weights=mobilenet_file)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Whether the head is trained: a softmax baseline from a fresh head is random
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def test_head_trained_is_recorded_for_random_files_and_replaced_layers(tmp_path):
+    assert build_classifier("vgg16_gap", num_classes=C).meta["head_trained"] is False  # weights=None: random
+    model = VGG16GAP(C, large_feature_map=False)
+    path = tmp_path / "vgg16_gap_cub.pth"
+    torch.save(model.state_dict(), path)
+    trained = build_classifier("vgg16_gap", num_classes=C, weights=path)
+    assert trained.meta["head_trained"] is True and trained.meta["head_note"] is None
+    other = build_classifier("vgg16_gap", num_classes=C + 1, weights=path)  # fc replaced for another class count
+    assert other.meta["head_trained"] is False and f"new for {C + 1} classes" in other.meta["head_note"]
+    resnet = tmp_path / "resnet18.pth"
+    torch.save(torchvision.models.resnet18(num_classes=C).state_dict(), resnet)
+    assert build_classifier("resnet18", num_classes=C, weights=resnet).meta["head_trained"] is True
+
+
+def test_gap_variants_from_imagenet_backbone_weights_have_an_untrained_head(monkeypatch):
+    # weights="default" copies torchvision's ImageNet convs into the GAP variants; conv6 / SPG layers and fc are new.
+    # The torchvision download is replaced by a random model of the same architecture (no network in the tests).
+    monkeypatch.setattr(M, "_tv_model", lambda fn, enum, weights, arch, **kw: fn(weights=None, init_weights=False))
+    with torch.device("meta"):
+        vgg = build_classifier("vgg16_gap", weights="default")
+        inception = build_classifier("inception_v3_gap", weights="default")
+        torchvision_vgg = build_classifier("vgg16", weights="default")
+    assert vgg.meta["head_trained"] is False and "conv6 and fc" in vgg.meta["head_note"]
+    assert inception.meta["head_trained"] is False and "SPG_A3_2b and fc" in inception.meta["head_note"]
+    assert torchvision_vgg.meta["head_trained"] is True  # torchvision's own VGG-16 comes with its trained classifier
+
+
+def test_require_trained_head_refuses_an_untrained_head_and_names_the_option(tmp_path):
+    split = build_classifier("vgg16_gap", num_classes=C)  # weights=None, no download
+    with pytest.raises(ValueError, match=r"vgg16_gap on 'imagenet'.*not trained.*classifier_weights=<path"):
+        M.require_trained_head(split, "imagenet")
+    path = tmp_path / "vgg16_gap.pth"
+    torch.save(VGG16GAP(C).state_dict(), path)
+    M.require_trained_head(build_classifier("vgg16_gap", num_classes=C, weights=path), "imagenet")  # passes
+    M.require_trained_head(split_model(VGG16GAP(C)), "imagenet")  # split elsewhere: the caller vouches for it
+    zoo_like = build_classifier("small_cnn", num_classes=C)
+    zoo_like.meta["zoo"] = {"loaded": True}  # the zoo loads its trained weights after building
+    M.require_trained_head(zoo_like, "synthetic")
