@@ -49,3 +49,33 @@ def as_list(value, name: str, choices: Iterable[str] | None = None) -> list[str]
         if unknown:
             raise fail(f"unknown name(s) {', '.join(map(repr, unknown))}")
     return names
+
+
+def as_number_list(value, name: str) -> list[float]:
+    """A list-of-numbers parameter -> ``list[float]``: a list or tuple of numbers, a comma-separated string
+    (``"-1,0,1.5"``) or the string of a list literal (``"[-1, 0, 1.5]"``). Raises ValueError naming the parameter
+    and the bad value otherwise."""
+    def fail(why: str):
+        return ValueError(f"parameter {name!r}: {why}, got {value!r}; expected numbers as a list, a comma-separated "
+                          "string ('-1,0,1.5') or a list literal ('[-1, 0, 1.5]')")
+
+    items = value
+    if isinstance(value, str):
+        text = value.strip()
+        try:
+            items = ast.literal_eval(text) if text.startswith(("[", "(")) else text.split(",")
+        except (ValueError, SyntaxError):
+            raise fail("not a readable list literal") from None
+    if isinstance(items, (int, float)) and not isinstance(items, bool):
+        items = [items]
+    if not isinstance(items, (list, tuple)) or not items:
+        raise fail("not a non-empty list")
+    out = []
+    for v in items:
+        try:
+            if isinstance(v, bool):
+                raise ValueError
+            out.append(float(v.strip()) if isinstance(v, str) else float(v))
+        except (TypeError, ValueError):
+            raise fail(f"item {v!r} is not a number") from None
+    return out

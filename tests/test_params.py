@@ -50,3 +50,21 @@ def test_bad_values_name_the_parameter_value_and_choices(value, why):
     message = str(err.value)
     assert "'methods'" in message and repr(value) in message
     assert "allowed: cam, gradcam, gradcampp" in message
+
+
+@pytest.mark.parametrize("value", [[-1.0, 0, 1.5], (-1, 0, 1.5), "-1,0,1.5", " -1 , 0, 1.5 ", "[-1, 0, 1.5]"])
+def test_number_lists_in_every_form(value):
+    from dualcam_lib.params import as_number_list
+
+    assert as_number_list(value, "shifts") == [-1.0, 0.0, 1.5]
+
+
+@pytest.mark.parametrize("value, why", [("a,b", "'a' is not a number"), ("[1, 'x']", "'x' is not a number"),
+                                        ("", "is not a number"), ([], "not a non-empty list"),
+                                        ([True], "is not a number"), ("[1,", "not a readable list literal")])
+def test_bad_number_lists_are_named(value, why):
+    from dualcam_lib.params import as_number_list
+
+    with pytest.raises(ValueError, match="parameter 'shifts'") as info:
+        as_number_list(value, "shifts")
+    assert why in str(info.value)
