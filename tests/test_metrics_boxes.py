@@ -178,8 +178,19 @@ def _compiled_cache_files(folder):
     return {p: p.stat().st_mtime_ns for p in Path(folder).rglob("*") if p.suffix in (".nbi", ".nbc")}
 
 
+def test_numba_cache_dir_honours_numba_cache_dir_then_xdg(tmp_path, monkeypatch):
+    from dualcam_lib.paths import numba_cache_dir
+
+    monkeypatch.setenv("NUMBA_CACHE_DIR", str(tmp_path / "chosen"))
+    assert numba_cache_dir() == tmp_path / "chosen"
+    monkeypatch.delenv("NUMBA_CACHE_DIR")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert numba_cache_dir() == tmp_path / "xdg" / "dualcam_lib" / "numba"
+    assert numba_cache_dir().is_dir()
+
+
 @pytest.mark.skipif(boxes_module.numba is None, reason="numba is not installed: nothing is compiled or cached")
-@pytest.mark.parametrize("chosen", [False, True])
+@pytest.mark.parametrize("chosen", [False])  # one fresh compile (about a minute); the NUMBA_CACHE_DIR rule is above
 def test_numba_caches_outside_the_package(tmp_path, chosen):
     """The compiled kernels are cached in the user's cache folder (or NUMBA_CACHE_DIR), never in the package."""
     import os
