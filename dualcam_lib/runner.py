@@ -20,8 +20,9 @@ in ``seeds`` and scored on test: WSOL metrics for the ground-truth class, fideli
 
 Rows: one per (method, branch, metric) for each seed (``run_id`` ends in ``-s<seed>``); for the sigmoid branch also
 ``delta_<metric>`` (sigmoid minus softmax, seed ``seeds[0]``) with ``delta_<metric>_low`` / ``_high`` (the paired
-bootstrap interval) and ``delta_<metric>_seed_mean`` / ``_seed_sd`` (over the seeds). Every row's config records the
-searched grids, the choices and the code version.
+bootstrap interval) and ``delta_<metric>_seed_mean`` / ``_seed_sd`` (over the seeds). Controls (``controls``): ``variant`` "untrained" (the
+sigmoid branch as initialised, never trained) and "clamped" (the softmax branch with its negative weights clamped).
+Every row's config records the searched grids, the choices and the code version.
 """
 from __future__ import annotations
 
@@ -91,7 +92,8 @@ class RunConfig:
     first seed, also score the Table 4 (no clamping) and Table 5 (positive-weight ratios) variants.
     ``faithful_train``: when > 0, also train the last CAM family's head on that many train photos twice, on cached
     features (fast) and end to end with the paper's augmentation at every step (faithful), same lr and at most
-    ``faithful_epochs`` epochs, to check that the fast path stands for the paper's recipe on real photos. ``max_train`` / ``max_eval`` cap the
+    ``faithful_epochs`` epochs, to check that the fast path stands for the paper's recipe on real photos.
+    ``controls``: also score the untrained sigmoid branch and the clamped softmax branch (first seed). ``max_train`` / ``max_eval`` cap the
     splits (seeded subsets; for tests)."""
 
     dataset: str = "imagenette-224"
@@ -110,6 +112,7 @@ class RunConfig:
     ablations: bool = False
     faithful_train: int = 0
     faithful_epochs: int = 2
+    controls: bool = True
     bootstrap_resamples: int = 1000
     image_size: int = 224
     batch_size: int = 32
@@ -286,13 +289,26 @@ def _load_head(template: nn.Module, state: dict) -> nn.Module:
 
 
 # ---------------------------------------------------------------------------------------------------------- the run
-def run_experiment(config: RunConfig, cache_dir: str | Path | None = None, log: Callable[[str], None] = print
-                   ) -> RunResult:
-    """Run ``config`` end to end and return its rows (see the module docstring)."""
+@dataclass
+class _Prepared:
+    """What every part of a run shares: the splits, the softmax classifier, cached features, the backbone memo."""
+
+    train: object
+    val: object
+    test: object
+    split: SplitClassifier
+    feats: dict
+    memo: "_Memo"
+    key: str
+    cache_root: Path
+    choices: dict
+    seconds: dict
+
+
+def _prepare(config: RunConfig, cache_dir, log) -> _Prepared:
     from .data import load_dataset
     from .paths import cache_dir as default_cache
 
-    t_start = time.perf_counter()
     seconds = {}
     cache_root = Path(cache_dir) if cache_dir is not None else default_cache() / "runner"
     cache_root.mkdir(parents=True, exist_ok=True)
@@ -331,6 +347,45 @@ def run_experiment(config: RunConfig, cache_dir: str | Path | None = None, log: 
     t0 = time.perf_counter()
     memo = _Memo(split, (val, test), config.eval_batch_size, config.device)
     seconds["eval_features"] = time.perf_counter() - t0
+    return _Prepared(train, val, test, split, feats, memo, key, cache_root, choices, seconds)
+
+
+def _control_rows(config: RunConfig, prep: _Prepared, base_config: dict) -> list[dict]:
+    """Two controls on test (first seed): ``untrained``, the sigmoid branch as initialised (``head_init``) and never
+    trained, scored with the paper's clamping; ``clamped``, the softmax branch itself with its negative weights
+    clamped. They separate what training the sigmoid branch adds from what clamping alone does."""
+    seed = config.seeds[0]
+    torch.manual_seed(seed)
+    untrained = DualBranchModel(prep.split, init=config.head_init).sigmoid_head.eval()
+    dual = prep.memo.dual(untrained)
+    rows = []
+    for variant, scores, clamp in (("untrained", ("sigmoid_logit",), None), ("clamped", ("softmax_logit",), True)):
+        report = evaluate_cams(dual, prep.test, methods=list(config.methods), scores=scores, clamp=clamp,
+                               batch_size=config.eval_batch_size, device=config.device)
+        rows += report.rows(dataset=config.dataset, backbone=config.backbone, setting=config.setting_label,
+                            run_id=f"{config.tag}-s{seed}", config={**base_config, "seed": seed, "control": variant},
+                            variant=variant)
+    return rows
+
+
+def run_controls(config: RunConfig, cache_dir: str | Path | None = None, log: Callable[[str], None] = print
+                 ) -> pd.DataFrame:
+    """Only the control rows of ``config`` (see :func:`_control_rows`), for a run made before they existed: the
+    same seeded classifier (a fine-tuned softmax head is retrained with the same seed and val search)."""
+    prep = _prepare(config, cache_dir, log)
+    base = {**config.as_dict(), "choices": prep.choices, "code_version": code_version(), "num_test": len(prep.test),
+            "num_val": len(prep.val), "num_train": len(prep.train)}
+    return pd.DataFrame(_control_rows(config, prep, base))
+
+
+def run_experiment(config: RunConfig, cache_dir: str | Path | None = None, log: Callable[[str], None] = print
+                   ) -> RunResult:
+    """Run ``config`` end to end and return its rows (see the module docstring)."""
+    t_start = time.perf_counter()
+    prep = _prepare(config, cache_dir, log)
+    train, val, test, split, feats, memo = prep.train, prep.val, prep.test, prep.split, prep.feats, prep.memo
+    key, cache_root, choices, seconds = prep.key, prep.cache_root, prep.choices, prep.seconds
+    num_classes = test.num_classes
     families = list(dict.fromkeys(family_of(m) for m in config.methods))
     methods_of = {f: [m for m in config.methods if family_of(m) == f] for f in families}
 
@@ -360,7 +415,7 @@ def run_experiment(config: RunConfig, cache_dir: str | Path | None = None, log: 
     version = code_version()
     base_config = {**config.as_dict(), "choices": choices, "code_version": version, "num_test": len(test),
                    "num_val": len(val), "num_train": len(train)}
-    rows: list[dict] = []
+    rows: list[dict] = _control_rows(config, prep, base_config) if config.controls else []
     per_seed_deltas: dict = {}
     first_tables: dict = {}
 

@@ -20,7 +20,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from dualcam_lib.results import read_rows, write_rows  # noqa: E402
-from dualcam_lib.runner import ALL_METHODS, RunConfig, run_experiment  # noqa: E402
+from dualcam_lib.runner import ALL_METHODS, RunConfig, run_controls, run_experiment  # noqa: E402
 
 DATASETS = ("imagenette-224", "imagewoof-224")
 BACKBONES = {"mobilenet_v2": "mobilenet_v2_imagenet_coral_dequant.pth", "efficientnet_lite0": "default"}
@@ -71,6 +71,10 @@ def main(argv=None) -> int:
         per_run = out / f"{config.tag}.csv"
         if per_run.exists() and not args.force:
             print(f"[real] {config.tag}: already done ({per_run}), skipped", flush=True)
+            if config.controls and "untrained" not in set(read_rows(per_run)["variant"]):
+                t0 = time.time()  # a run made before the controls existed: add them
+                write_rows(per_run, run_controls(config, log=lambda msg: print(msg, flush=True)))
+                print(f"[real] {config.tag}: controls added in {time.time() - t0:.0f} s", flush=True)
         else:
             t0 = time.time()
             try:

@@ -49,8 +49,9 @@ def test_rows_choices_and_intervals(root, tmp_path):
     by = s0.set_index(["method", "branch"])["value"]
     assert wide.loc["cam", "delta_maxboxacc_v2"] == pytest.approx(by["cam", "sigmoid"] - by["cam", "softmax"])
     # ablations: sigmoid rows only
-    assert set(rows.loc[rows["variant"] != "", "variant"]) == {"no_clamp", "pos_1:1", "pos_half"}
-    assert (rows.loc[rows["variant"] != "", "branch"] == "sigmoid").all()
+    ablations = rows[rows["variant"].isin(["no_clamp", "pos_1:1", "pos_half"])]
+    assert set(rows["variant"]) == {"", "no_clamp", "pos_1:1", "pos_half", "untrained", "clamped"}
+    assert (ablations["branch"] == "sigmoid").all()
     # the config records what was searched, what was chosen and the code version
     config = json.loads(main["config"].iloc[0])
     assert config["code_version"] and config["num_test"] == 12 and config["num_val"] == 9
@@ -72,6 +73,20 @@ def test_choices_never_look_at_test_and_runs_repeat(root, tmp_path):
     assert moved.choices == first.choices
     metric = lambda r: r.rows.query("metric == 'maxboxacc_v2' and variant == ''")["value"].tolist()  # noqa: E731
     assert metric(moved) != metric(first)
+
+
+def test_controls_separate_training_from_clamping(root, tmp_path):
+    from dualcam_lib.runner import run_controls
+
+    copy = run(root, tmp_path, head_init="copy", fidelity=False, seeds=(0,))
+    rows = copy.rows.query("metric == 'maxboxacc_v2'").set_index(["method", "variant", "branch"])["value"]
+    # an untrained copy of the softmax head, clamped, is the clamped softmax branch: the same CAM
+    assert rows["cam", "untrained", "sigmoid"] == rows["cam", "clamped", "softmax"]
+    only = run_controls(RunConfig(**{**SMALL, "data_root": str(root), "head_init": "copy", "fidelity": False,
+                                     "seeds": (0,)}), cache_dir=tmp_path / "cache", log=lambda msg: None)
+    assert set(only["variant"]) == {"untrained", "clamped"}
+    again = only.query("metric == 'maxboxacc_v2'").set_index(["method", "variant", "branch"])["value"]
+    assert again.sort_index().equals(rows[again.index].sort_index())
 
 
 def test_fine_tuned_heads_and_fast_against_faithful(root, tmp_path):
