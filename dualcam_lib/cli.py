@@ -124,6 +124,52 @@ def _cmd_grid(args) -> int:
     return 1 if summary["failed"] else 0
 
 
+def run_config_from(settings: list[str]):
+    """``["dataset=imagewoof-224", "seeds=0,1"]`` -> a :class:`~dualcam_lib.runner.RunConfig`; each value is read
+    as the field's type (a tuple field takes comma-separated values). Unknown names and bad values are errors that
+    name the field."""
+    import dataclasses
+
+    from .runner import RunConfig
+
+    fields = {f.name: f for f in dataclasses.fields(RunConfig)}
+    defaults = RunConfig()
+    kwargs = {}
+    for item in settings:
+        if "=" not in item:
+            raise ValueError(f"--set expects NAME=VALUE, got {item!r}")
+        name, text = item.split("=", 1)
+        if name not in fields:
+            raise ValueError(f"--set {name}: not a RunConfig field; expected one of {sorted(fields)}")
+        default = getattr(defaults, name)
+        if isinstance(default, tuple):
+            value = tuple(parse_value(v.strip()) for v in text.split(",") if v.strip())
+        elif isinstance(default, bool):
+            if text not in ("True", "False", "true", "false", "1", "0"):
+                raise ValueError(f"--set {name}: expected True or False, got {text!r}")
+            value = text in ("True", "true", "1")
+        elif isinstance(default, (int, float)) and default is not None:
+            value = parse_value(text)
+            if not isinstance(value, (int, float)) or isinstance(value, bool):
+                raise ValueError(f"--set {name}: expected a number, got {text!r}")
+        else:
+            value = None if text == "None" else text
+        kwargs[name] = value
+    return RunConfig(**kwargs)
+
+
+def _cmd_run(args) -> int:
+    from .results import write_rows
+    from .runner import run_experiment
+
+    config = run_config_from(args.set)
+    result = run_experiment(config, cache_dir=args.cache_dir)
+    write_rows(args.results, result.rows)
+    print(json.dumps({"rows": len(result.rows), "results": str(args.results), "choices": result.choices,
+                      "seconds": {k: round(v, 1) for k, v in result.seconds.items()}}, indent=1, default=str))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="dualcam", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -144,6 +190,13 @@ def main(argv: list[str] | None = None) -> int:
                         description=evaluate.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     evaluate.build_parser(ev)
     ev.set_defaults(func=lambda a: evaluate.run(a, ev))
+    r = sub.add_parser("run", help="one runner experiment (val-tuned sigmoid head, test rows with intervals)")
+    r.add_argument("--set", action="append", default=[], metavar="NAME=VALUE",
+                   help="a RunConfig field (dataset, backbone, weights, setting, head_init, methods, seeds, lr_grid, "
+                        "device, data_root, ...); tuples take comma-separated values")
+    r.add_argument("--results", required=True, help="CSV the rows are merged into (atomically)")
+    r.add_argument("--cache-dir", default=None, help="feature caches (default: <cache dir>/runner)")
+    r.set_defaults(func=_cmd_run)
     args = parser.parse_args(argv)
     try:
         return int(args.func(args) or 0)

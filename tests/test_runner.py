@@ -124,3 +124,26 @@ def test_restrict_classes_keeps_the_selected_logits_and_the_original():
     assert all(torch.equal(before[k], v) for k, v in split.head.state_dict().items())
     with pytest.raises(ValueError, match="distinct class indices"):
         restrict_classes(split, [1, 1])
+
+
+def test_the_run_command(root, tmp_path):
+    """``python -m dualcam_lib run --set ...`` builds the RunConfig from the command line and merges the rows."""
+    from dualcam_lib.cli import main, run_config_from
+
+    config = run_config_from(["dataset=imagewoof-224", "seeds=0,1", "lr_grid=1e-4,1e-3", "fidelity=False",
+                              "max_eval=None", "faithful_train=10"])
+    assert config.seeds == (0, 1) and config.lr_grid == (1e-4, 1e-3) and config.fidelity is False
+    assert config.max_eval is None and config.faithful_train == 10
+    for bad, message in ((["nope=1"], "not a RunConfig field"), (["fidelity=maybe"], "expected True or False"),
+                         (["batch_size=big"], "expected a number"), (["setting=other"], "RunConfig.setting")):
+        with pytest.raises(ValueError, match=message):
+            run_config_from(bad)
+    out = tmp_path / "rows.csv"
+    args = ["run", "--results", str(out), "--cache-dir", str(tmp_path / "cache")]
+    for k, v in {**SMALL, "data_root": str(root), "fidelity": False, "seeds": (0,)}.items():
+        value = ",".join(map(str, v)) if isinstance(v, tuple) else str(v)
+        args += ["--set", f"{k}={value}"]
+    assert main(args) == 0
+    rows = pd.read_csv(out)
+    assert set(rows["branch"]) == {"softmax", "sigmoid"} and (rows["dataset"] == "imagenette-224").all()
+    assert main(["run", "--results", str(out), "--set", "setting=bad"]) == 2
